@@ -274,7 +274,7 @@ type IndividualEnrollment struct {
 	DeviceID                   string                      `json:"deviceId,omitempty"`
 	RegistrationState          *DeviceRegistrationState    `json:"registrationState,omitempty"`
 	OptionalDeviceInformation  TwinCollection              `json:"optionalDeviceInformation,omitempty"`
-	Attestation                *AttestationMechanism       `json:"attestation"`
+	Attestation                *AttestationMechanism       `json:"attestation,omitempty"`
 	Capabilities               *DeviceCapabilities         `json:"capabilities,omitempty"`
 	IotHubHostName             string                      `json:"iotHubHostName,omitempty"`
 	InitialTwin                *InitialTwin                `json:"initialTwin,omitempty"`
@@ -291,7 +291,7 @@ type IndividualEnrollment struct {
 // EnrollmentGroup is an enrollment shared by a group of devices.
 type EnrollmentGroup struct {
 	EnrollmentGroupID          string                      `json:"enrollmentGroupId"`
-	Attestation                *AttestationMechanism       `json:"attestation"`
+	Attestation                *AttestationMechanism       `json:"attestation,omitempty"`
 	Capabilities               *DeviceCapabilities         `json:"capabilities,omitempty"`
 	IotHubHostName             string                      `json:"iotHubHostName,omitempty"`
 	InitialTwin                *InitialTwin                `json:"initialTwin,omitempty"`
