@@ -1,0 +1,871 @@
+// Package consumer moves events from the partitioned JetStream stream through the batcher
+// into DPS and decides, for every event, when it is acknowledged.
+//
+// One goroutine (Run) owns all state: the batcher, the retry schedule, the set of messages
+// the worker holds. Partition readers feed it messages; batch goroutines call DPS, publish
+// dead letters and acknowledge, then report back. The rules:
+//
+//   - an event is acknowledged only when its outcome is final: DPS applied it, or its dead
+//     letter was published and the PubAck received. A failed dead-letter publish is retried;
+//     the event is never acknowledged without it.
+//   - while an event waits (in the batcher, in a retry, in a DPS call) the engine sends
+//     InProgress every KeepAlive, so AckWait only bounds how fast a dead worker's events
+//     come back.
+//   - order per key: the batcher never lets two events of a key be in flight; a retrying
+//     event keeps its key blocked; a dead-lettered event's later events follow it into the
+//     dead-letter stream (HoldFollow) or continue (HoldContinue).
+//   - fencing: before a batch calls DPS the engine asks Fence whether this worker still owns
+//     each event's partition at the epoch it was read under; events of a lost partition are
+//     dropped unacknowledged (the new owner gets them again).
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/dpsync/dpsync/internal/applier"
+	"github.com/dpsync/dpsync/internal/batcher"
+	"github.com/dpsync/dpsync/internal/dps"
+	"github.com/dpsync/dpsync/internal/telemetry"
+)
+
+// Decoded is what the engine needs from a valid event.
+type Decoded struct {
+	EventID string
+	// Key is the ordering key: "<kind>/<lower-cased id>".
+	Key  string
+	Item applier.Item
+}
+
+// Decoder decodes and validates an event. A non-nil error means the event is invalid and
+// goes to the dead-letter stream with the error's text as the reason.
+type Decoder func(data []byte) (Decoded, error)
+
+// Letter is a dead letter the engine hands to DeadLetters.
+type Letter struct {
+	Data          []byte
+	Header        nats.Header // the event's headers (traceparent …)
+	OriginStream  string
+	OriginSubject string // producer-form subject, where a replay publishes
+	OriginSeq     uint64
+	Position      uint64
+	Key           string
+	Kind          string
+	Operation     string
+	EventID       string
+	Class         string // transient | permanent | invalid | held
+	Code          int
+	Status        int
+	Reason        string
+	Attempts      int
+	FirstFailure  time.Time
+	LastFailure   time.Time
+	TraceID       string
+}
+
+// Dead-letter classes.
+const (
+	ClassTransient = "transient"
+	ClassPermanent = "permanent"
+	ClassInvalid   = "invalid"
+	ClassHeld      = "held"
+)
+
+// DeadLetters publishes letters and knows which keys are held behind one.
+type DeadLetters interface {
+	// Publish publishes l and returns once the stream acknowledged it.
+	Publish(ctx context.Context, l Letter) error
+	// Held reports whether a letter of key with a position lower than position exists, and
+	// names it in reason.
+	Held(ctx context.Context, key string, position uint64) (reason string, held bool, err error)
+}
+
+// Applier applies a batch of items of one kind and operation.
+type Applier interface {
+	Apply(ctx context.Context, items []applier.Item) []applier.Outcome
+}
+
+// HoldPolicy says what happens to later events of a key whose event was dead-lettered.
+type HoldPolicy int
+
+// Hold policies.
+const (
+	// HoldFollow sends them to the dead-letter stream too (class held), so a replay of the
+	// key re-applies them in their original order. The default.
+	HoldFollow HoldPolicy = iota
+	// HoldContinue lets them apply. The dead-lettered event, when replayed, then applies
+	// after them: choose this only where events of a key are independent.
+	HoldContinue
+)
+
+// RetryPolicy bounds retries of transient failures.
+type RetryPolicy struct {
+	Initial time.Duration // first delay (default 500 ms)
+	Max     time.Duration // largest delay (default 30 s)
+	Budget  time.Duration // total time an event may keep failing before it is dead-lettered (default 2 min)
+}
+
+// Options configure an Engine. Decode, Apply and DeadLetters are required.
+type Options struct {
+	Stream      StreamConfig
+	Batcher     batcher.Config
+	Decode      Decoder
+	Apply       Applier
+	DeadLetters DeadLetters
+	HoldPolicy  HoldPolicy
+	Retry       RetryPolicy
+	// KeepAlive is how often waiting events get InProgress (default AckWait/3 = 5 s).
+	KeepAlive time.Duration
+	// Fence reports whether the worker still owns partition p at epoch; nil = always.
+	Fence func(p int, epoch uint64) bool
+	// WorkerID names this worker in dead letters.
+	WorkerID string
+	Logger   *slog.Logger
+	Tracer   trace.Tracer
+	Metrics  *Metrics
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Decode == nil:
+		return errors.New("consumer: Decode is required")
+	case o.Apply == nil:
+		return errors.New("consumer: Apply is required")
+	case o.DeadLetters == nil:
+		return errors.New("consumer: DeadLetters is required")
+	}
+	if err := o.Stream.Validate(); err != nil {
+		return err
+	}
+	o.Stream.setDefaults()
+	if o.Retry.Initial == 0 {
+		o.Retry.Initial = 500 * time.Millisecond
+	}
+	if o.Retry.Max == 0 {
+		o.Retry.Max = 30 * time.Second
+	}
+	if o.Retry.Budget == 0 {
+		o.Retry.Budget = 2 * time.Minute
+	}
+	if o.Retry.Initial < 0 || o.Retry.Max < o.Retry.Initial || o.Retry.Budget < 0 {
+		return fmt.Errorf("consumer retry policy: want 0 < initial ≤ max and budget ≥ 0, got initial %v max %v budget %v",
+			o.Retry.Initial, o.Retry.Max, o.Retry.Budget)
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider().Tracer("dpsync")
+	}
+	if o.Metrics == nil {
+		o.Metrics = NoopMetrics()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.WorkerID == "" {
+		o.WorkerID = "worker"
+	}
+	return nil
+}
+
+// msgState is one event the worker holds.
+type msgState struct {
+	msg          jetstream.Msg
+	seq          uint64
+	partition    int
+	epoch        uint64
+	position     uint64
+	origin       string
+	redelivered  bool
+	dec          Decoded
+	received     time.Time
+	lastProgress time.Time
+	traceCtx     trace.SpanContext
+}
+
+// retryState is an entry waiting for its next attempt. Its key stays blocked in the batcher.
+type retryState struct {
+	entry    batcher.Entry
+	kind     string
+	op       batcher.Op
+	due      time.Time
+	first    time.Time
+	attempts int
+	delay    time.Duration
+	last     applier.Outcome
+}
+
+type entryResult struct {
+	entry   batcher.Entry
+	kind    string
+	op      batcher.Op
+	fenced  bool
+	final   bool // acked: applied or dead-lettered
+	parked  bool // dead-lettered: later events of the key follow
+	outcome applier.Outcome
+}
+
+type batchDone struct {
+	id      batcher.BatchID
+	isRetry bool
+	results []entryResult
+	retries map[string]*retryState // by key, for retry batches
+}
+
+type inbound struct {
+	msg       jetstream.Msg
+	partition int
+	epoch     uint64
+}
+
+// Engine is the processing core of a worker. Create it with NewEngine, start Run in one
+// goroutine, feed it partitions with Attach.
+type Engine struct {
+	opts Options
+	b    *batcher.Batcher
+
+	in      chan inbound
+	done    chan batchDone
+	keyDone chan followDone  // keys whose held followers were dead-lettered
+	lone    chan []*msgState // events dead-lettered outside a batch (invalid, held)
+	ctl     chan func()      // work from other goroutines run in the loop
+	quit    chan struct{}    // closed when Run returns: readers stop sending
+	stopReq chan struct{}
+	stopped chan struct{}
+	stopOne sync.Once
+
+	// loop-owned state
+	held       map[*msgState]struct{}
+	retries    map[string]*retryState // by key
+	perPart    map[int]int            // events held per partition
+	inFlight   int
+	background int // goroutines dead-lettering outside a batch
+	stopping   bool
+
+	partsMu sync.Mutex
+	parts   map[int]*partitionReader
+	wg      sync.WaitGroup // readers and batch goroutines
+}
+
+// NewEngine validates opts and returns an Engine.
+func NewEngine(opts Options) (*Engine, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	b, err := batcher.New(opts.Batcher)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	return &Engine{
+		opts:    opts,
+		b:       b,
+		in:      make(chan inbound, 256),
+		done:    make(chan batchDone, 64),
+		keyDone: make(chan followDone, 64),
+		lone:    make(chan []*msgState, 64),
+		ctl:     make(chan func(), 16),
+		quit:    make(chan struct{}),
+		stopReq: make(chan struct{}),
+		stopped: make(chan struct{}),
+		held:    make(map[*msgState]struct{}),
+		retries: make(map[string]*retryState),
+		perPart: make(map[int]int),
+		parts:   make(map[int]*partitionReader),
+	}, nil
+}
+
+// Stop asks Run to finish gracefully: stop reading, flush the batcher, finish in-flight
+// calls and dead letters, then return. Events waiting for a retry stay unacknowledged and
+// come back on the next start. Stop does not wait; Run's return (or Done) tells.
+func (e *Engine) Stop() { e.stopOne.Do(func() { close(e.stopReq) }) }
+
+// Done is closed when Run has returned.
+func (e *Engine) Done() <-chan struct{} { return e.stopped }
+
+// Run processes events until Stop was called and the work drained, or ctx ends (hard stop:
+// nothing more is acknowledged, everything held comes back by redelivery).
+func (e *Engine) Run(ctx context.Context) error {
+	defer close(e.stopped)
+	callCtx, cancelCalls := context.WithCancel(ctx)
+	defer func() {
+		cancelCalls()
+		close(e.quit)
+		e.stopAllReaders(false)
+		e.wg.Wait()
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	keepAlive := time.NewTicker(e.opts.KeepAlive)
+	defer keepAlive.Stop()
+	stopReq := e.stopReq
+	for {
+		now := e.opts.Now()
+		if e.stopping {
+			e.b.Flush()
+		}
+		e.dispatchReady(callCtx, now)
+		if e.stopping && e.inFlight == 0 && e.background == 0 && e.b.Pending() == 0 && e.readersDone() {
+			return nil
+		}
+		wait := e.nextWake(now)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stopReq:
+			stopReq = nil
+			e.stopping = true
+			e.opts.Logger.Info("stopping: no more pulls, finishing in-flight work")
+			e.stopAllReaders(true)
+			e.abandonRetries()
+		case in := <-e.in:
+			e.accept(callCtx, in)
+		case d := <-e.done:
+			e.complete(callCtx, d)
+		case f := <-e.keyDone:
+			e.background--
+			for _, st := range f.sts {
+				e.untrack(st)
+			}
+			e.b.Release(f.key)
+		case sts := <-e.lone:
+			e.background--
+			for _, st := range sts {
+				e.untrack(st)
+			}
+		case fn := <-e.ctl:
+			fn()
+		case <-keepAlive.C:
+			e.keepAlive(e.opts.Now())
+		case <-timer.C:
+		}
+	}
+}
+
+func (e *Engine) nextWake(now time.Time) time.Duration {
+	wait := time.Hour
+	if d, ok := e.b.UntilNext(now); ok && d < wait {
+		wait = d
+	}
+	for _, r := range e.retries {
+		if d := r.due.Sub(now); d < wait {
+			wait = d
+		}
+	}
+	if wait < time.Millisecond {
+		wait = time.Millisecond
+	}
+	return wait
+}
+
+// accept takes one message from a reader.
+func (e *Engine) accept(ctx context.Context, in inbound) {
+	now := e.opts.Now()
+	st := &msgState{msg: in.msg, partition: in.partition, epoch: in.epoch, received: now, lastProgress: now}
+	meta, err := in.msg.Metadata()
+	if err != nil {
+		e.opts.Logger.Warn("message without JetStream metadata dropped", "subject", in.msg.Subject(), "err", err)
+		return
+	}
+	st.seq = meta.Sequence.Stream
+	st.redelivered = meta.NumDelivered > 1
+	st.position = st.seq
+	if p := in.msg.Headers().Get(HeaderPosition); p != "" {
+		if v, err := strconv.ParseUint(p, 10, 64); err == nil && v > 0 {
+			st.position = v
+		}
+	}
+	st.origin, _, err = e.opts.Stream.OriginSubject(in.msg.Subject())
+	if err != nil {
+		st.origin = in.msg.Subject()
+	}
+	st.traceCtx = trace.SpanContextFromContext(telemetry.Extract(context.Background(), in.msg.Headers()))
+	e.track(st)
+	e.opts.Metrics.eventIn(ctx)
+
+	dec, err := e.opts.Decode(in.msg.Data())
+	if err != nil {
+		l := e.letter(st, ClassInvalid, applier.Outcome{Reason: err.Error()}, 1, now)
+		l.Key = KeyFromSubject(in.msg.Subject())
+		e.deadLetterAsync(ctx, []*msgState{st}, l)
+		return
+	}
+	st.dec = dec
+	st.dec.Item.Redelivered = st.redelivered
+	if e.opts.HoldPolicy == HoldFollow {
+		reason, held, err := e.opts.DeadLetters.Held(ctx, dec.Key, st.position)
+		if err != nil {
+			// Cannot tell: let the event come back later rather than risk overtaking.
+			e.opts.Logger.Warn("hold check failed; event will be redelivered", "key", dec.Key, "err", err)
+			e.untrack(st)
+			_ = in.msg.NakWithDelay(time.Second)
+			return
+		}
+		if held {
+			l := e.letter(st, ClassHeld, applier.Outcome{Reason: reason}, 0, now)
+			e.deadLetterAsync(ctx, []*msgState{st}, l)
+			return
+		}
+	}
+	it := batcher.Item{Key: dec.Key, Kind: string(dec.Item.Kind), Op: opOf(dec.Item.Op), Value: st}
+	if err := e.b.Add(now, it); err != nil {
+		// The batcher is full: MaxAckPending × partitions exceeds Batcher.MaxPending.
+		e.opts.Logger.Warn("batcher full; event will be redelivered", "key", dec.Key, "err", err)
+		e.untrack(st)
+		_ = in.msg.NakWithDelay(time.Second)
+	}
+}
+
+func (e *Engine) track(st *msgState) {
+	e.held[st] = struct{}{}
+	e.perPart[st.partition]++
+}
+
+func (e *Engine) untrack(st *msgState) {
+	if _, ok := e.held[st]; !ok {
+		return
+	}
+	delete(e.held, st)
+	e.perPart[st.partition]--
+	if e.perPart[st.partition] <= 0 {
+		delete(e.perPart, st.partition)
+		e.partitionIdle(st.partition)
+	}
+}
+
+func (e *Engine) keepAlive(now time.Time) {
+	for st := range e.held {
+		if now.Sub(st.lastProgress) >= e.opts.KeepAlive {
+			if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+				continue // not ours anymore: let it go back to the new owner
+			}
+			_ = st.msg.InProgress()
+			st.lastProgress = now
+		}
+	}
+}
+
+func (e *Engine) dispatchReady(ctx context.Context, now time.Time) {
+	for _, b := range e.b.Ready(now) {
+		e.inFlight++
+		e.opts.Metrics.inFlight(ctx, 1)
+		e.wg.Add(1)
+		go e.runBatch(ctx, batchDone{id: b.ID}, b.Kind, b.Op, b.Entries)
+	}
+	// Retries whose time has come, grouped by kind and op, at most MaxItems a call.
+	type group struct {
+		kind string
+		op   batcher.Op
+	}
+	var due map[group][]*retryState
+	for _, r := range e.retries {
+		if !r.due.After(now) && r.due != (time.Time{}) {
+			if due == nil {
+				due = make(map[group][]*retryState)
+			}
+			g := group{r.kind, r.op}
+			due[g] = append(due[g], r)
+		}
+	}
+	max := e.opts.Batcher.MaxItems
+	if max <= 0 || max > 10 {
+		max = 10
+	}
+	for g, rs := range due {
+		for len(rs) > 0 {
+			n := min(len(rs), max)
+			chunk := rs[:n]
+			rs = rs[n:]
+			entries := make([]batcher.Entry, len(chunk))
+			byKey := make(map[string]*retryState, len(chunk))
+			for i, r := range chunk {
+				r.due = time.Time{} // in flight
+				entries[i] = r.entry
+				byKey[r.entry.Key] = r
+			}
+			e.inFlight++
+			e.opts.Metrics.inFlight(ctx, 1)
+			e.wg.Add(1)
+			go e.runBatch(ctx, batchDone{isRetry: true, retries: byKey}, g.kind, g.op, entries)
+		}
+	}
+}
+
+// runBatch calls DPS for entries and settles every final outcome (ack, or dead letter then
+// ack) before reporting to the loop.
+func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batcher.Op, entries []batcher.Entry) {
+	defer e.wg.Done()
+	links := make([]trace.Link, 0, len(entries))
+	items := make([]applier.Item, 0, len(entries))
+	live := make([]int, 0, len(entries))
+	d.results = make([]entryResult, len(entries))
+	for i, en := range entries {
+		d.results[i] = entryResult{entry: en, kind: kind, op: op}
+		st := en.Value.(*msgState)
+		if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+			d.results[i].fenced = true
+			continue
+		}
+		it := st.dec.Item
+		it.Op = modeOf(op) // coalescing may have changed it (create + update → create)
+		for _, folded := range en.Items {
+			if fs := folded.Value.(*msgState); fs.redelivered {
+				it.Redelivered = true
+			}
+		}
+		items = append(items, it)
+		live = append(live, i)
+		if st.traceCtx.IsValid() {
+			links = append(links, trace.Link{SpanContext: st.traceCtx})
+		}
+	}
+	if len(items) > 0 {
+		spanCtx, span := e.opts.Tracer.Start(ctx, "dpsync.batch", trace.WithLinks(links...),
+			trace.WithAttributes(attribute.String("dpsync.kind", kind), attribute.String("dpsync.op", string(items[0].Op)),
+				attribute.Int("dpsync.items", len(items))))
+		outs := e.opts.Apply.Apply(spanCtx, items)
+		span.End()
+		now := e.opts.Now()
+		for j, i := range live {
+			r := &d.results[i]
+			r.outcome = outs[j]
+			sts := statesOf(r.entry)
+			switch outs[j].Class {
+			case applier.Applied:
+				for _, st := range sts {
+					_ = st.msg.Ack()
+					e.opts.Metrics.applied(ctx, now.Sub(st.received))
+				}
+				r.final = true
+			case applier.Permanent:
+				if e.publishLetters(ctx, sts, ClassPermanent, outs[j], 1, now, now) {
+					r.final, r.parked = true, true
+				}
+			case applier.Transient:
+				if d.isRetry {
+					rs := d.retries[r.entry.Key]
+					if rs != nil && now.Sub(rs.first) >= e.opts.Retry.Budget {
+						if e.publishLetters(ctx, sts, ClassTransient, outs[j], rs.attempts+1, rs.first, now) {
+							r.final, r.parked = true, true
+						}
+					}
+				} else if e.opts.Retry.Budget == 0 {
+					if e.publishLetters(ctx, sts, ClassTransient, outs[j], 1, now, now) {
+						r.final, r.parked = true, true
+					}
+				}
+			}
+		}
+	}
+	select {
+	case e.done <- d:
+	case <-ctx.Done():
+	}
+}
+
+func statesOf(en batcher.Entry) []*msgState {
+	sts := make([]*msgState, 0, len(en.Items))
+	for _, it := range en.Items {
+		sts = append(sts, it.Value.(*msgState))
+	}
+	if len(sts) == 0 {
+		sts = append(sts, en.Value.(*msgState))
+	}
+	return sts
+}
+
+// publishLetters dead-letters every event of one entry, then acks them. It retries the
+// publish until it succeeds or ctx ends; it returns false when ctx ended first (the events
+// stay unacknowledged and come back).
+func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class string, o applier.Outcome, attempts int, first, last time.Time) bool {
+	for i, st := range sts {
+		l := e.letter(st, class, o, attempts, last)
+		l.FirstFailure = first
+		if i > 0 && len(sts) > 1 {
+			l.Reason = o.Reason + " (coalesced with the event before it)"
+		}
+		if !e.publishLetter(ctx, l) {
+			return false
+		}
+	}
+	for _, st := range sts {
+		_ = st.msg.Ack()
+	}
+	return true
+}
+
+func (e *Engine) publishLetter(ctx context.Context, l Letter) bool {
+	delay := 100 * time.Millisecond
+	for {
+		err := e.opts.DeadLetters.Publish(ctx, l)
+		if err == nil {
+			e.opts.Metrics.deadLettered(ctx, l.Class)
+			return true
+		}
+		e.opts.Logger.Error("dead-letter publish failed; event stays unacknowledged and is retried",
+			"key", l.Key, "origin_seq", l.OriginSeq, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func (e *Engine) letter(st *msgState, class string, o applier.Outcome, attempts int, when time.Time) Letter {
+	l := Letter{
+		Data:          st.msg.Data(),
+		Header:        st.msg.Headers(),
+		OriginStream:  e.opts.Stream.Name,
+		OriginSubject: st.origin,
+		OriginSeq:     st.seq,
+		Position:      st.position,
+		Key:           st.dec.Key,
+		Kind:          string(st.dec.Item.Kind),
+		Operation:     string(st.dec.Item.Op),
+		EventID:       st.dec.EventID,
+		Class:         class,
+		Code:          o.Code,
+		Status:        o.Status,
+		Reason:        o.Reason,
+		Attempts:      attempts,
+		FirstFailure:  when,
+		LastFailure:   when,
+	}
+	if st.traceCtx.IsValid() {
+		l.TraceID = st.traceCtx.TraceID().String()
+	}
+	return l
+}
+
+// deadLetterAsync publishes l for sts outside the loop and acks them.
+func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter) {
+	e.background++
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if e.publishLetter(ctx, l) {
+			for _, st := range sts {
+				_ = st.msg.Ack()
+			}
+		}
+		select {
+		case e.lone <- sts:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+type followDone struct {
+	key string
+	sts []*msgState
+}
+
+// complete settles a finished batch in the loop.
+func (e *Engine) complete(ctx context.Context, d batchDone) {
+	now := e.opts.Now()
+	e.inFlight--
+	e.opts.Metrics.inFlight(ctx, -1)
+	var hold []string
+	for _, r := range d.results {
+		key := r.entry.Key
+		switch {
+		case r.fenced:
+			for _, st := range statesOf(r.entry) {
+				e.untrack(st)
+			}
+			delete(e.retries, key)
+			if d.isRetry {
+				e.b.Release(key)
+			}
+		case r.final:
+			for _, st := range statesOf(r.entry) {
+				e.untrack(st)
+			}
+			delete(e.retries, key)
+			if r.parked && e.opts.HoldPolicy == HoldFollow {
+				e.follow(ctx, key, r)
+				if !d.isRetry {
+					hold = append(hold, key)
+				}
+				continue
+			}
+			if d.isRetry {
+				e.b.Release(key)
+			}
+		case r.outcome.Class == applier.Transient && e.stopping:
+			e.abandonKey(key, r.entry)
+			if !d.isRetry {
+				hold = append(hold, key)
+			}
+		case r.outcome.Class == applier.Transient:
+			rs := e.retries[key]
+			if rs == nil {
+				rs = &retryState{entry: r.entry, kind: r.kind, op: r.op, first: now, delay: e.opts.Retry.Initial}
+				e.retries[key] = rs
+			} else {
+				rs.delay = min(rs.delay*2, e.opts.Retry.Max)
+			}
+			rs.attempts++
+			rs.last = r.outcome
+			wait := jitter(rs.delay)
+			if ra := retryAfter(r.outcome.Err); ra > wait {
+				wait = ra
+			}
+			rs.due = now.Add(wait)
+			e.opts.Metrics.retried(ctx)
+			if !d.isRetry {
+				hold = append(hold, key)
+			}
+		default:
+			// Not final and not transient: the dead-letter publish gave up because the worker
+			// is stopping. Leave the events unacknowledged.
+			for _, st := range statesOf(r.entry) {
+				e.untrack(st)
+			}
+			delete(e.retries, key)
+			if d.isRetry {
+				e.b.Release(key)
+			}
+		}
+	}
+	if !d.isRetry {
+		e.b.Finish(d.id, hold...)
+	}
+}
+
+// follow dead-letters the pending events of key behind its dead letter, then releases key.
+func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
+	entries := e.b.TakeKey(key)
+	var sts []*msgState
+	for _, en := range entries {
+		sts = append(sts, statesOf(en)...)
+	}
+	first := parked.entry.Value.(*msgState)
+	reason := fmt.Sprintf("held behind dead letter of event %s (origin seq %d): %s", first.dec.EventID, first.seq, parked.outcome.Reason)
+	e.background++
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		now := e.opts.Now()
+		for _, st := range sts {
+			l := e.letter(st, ClassHeld, applier.Outcome{Reason: reason}, 0, now)
+			if !e.publishLetter(ctx, l) {
+				break
+			}
+			_ = st.msg.Ack()
+		}
+		select {
+		case e.keyDone <- followDone{key: key, sts: sts}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// abandonRetries forgets events waiting for a retry at shutdown: they stay unacknowledged
+// and come back on the next start.
+func (e *Engine) abandonRetries() {
+	for key, r := range e.retries {
+		if r.due.IsZero() {
+			continue // in flight; its result settles it
+		}
+		e.abandonKey(key, r.entry)
+	}
+}
+
+// abandonKey drops entry and every later event of key unacknowledged, and keeps key blocked
+// for the rest of the run: nothing of the key may overtake the abandoned event, which comes
+// back by redelivery.
+func (e *Engine) abandonKey(key string, entry batcher.Entry) {
+	for _, st := range statesOf(entry) {
+		e.untrack(st)
+	}
+	delete(e.retries, key)
+	for _, en := range e.b.TakeKey(key) {
+		for _, st := range statesOf(en) {
+			e.untrack(st)
+		}
+	}
+}
+
+func opOf(m dps.BulkMode) batcher.Op {
+	switch m {
+	case dps.BulkModeCreate:
+		return batcher.OpCreate
+	case dps.BulkModeUpdate:
+		return batcher.OpUpdate
+	case dps.BulkModeUpdateIfMatchETag:
+		return batcher.OpUpdateIfMatch
+	default:
+		return batcher.OpDelete
+	}
+}
+
+func modeOf(op batcher.Op) dps.BulkMode {
+	switch op {
+	case batcher.OpCreate:
+		return dps.BulkModeCreate
+	case batcher.OpUpdate:
+		return dps.BulkModeUpdate
+	case batcher.OpUpdateIfMatch:
+		return dps.BulkModeUpdateIfMatchETag
+	default:
+		return dps.BulkModeDelete
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// retryAfter reads Retry-After (seconds or HTTP date) from a DPS response error.
+func retryAfter(err error) time.Duration {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.RawResponse == nil {
+		return 0
+	}
+	v := re.RawResponse.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return time.Until(t)
+	}
+	return 0
+}
+
+// HeaderPosition is the event header carrying a replayed event's original order position.
+const HeaderPosition = "Dpsync-Position"

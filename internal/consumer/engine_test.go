@@ -1,0 +1,462 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/dpsync/dpsync/internal/applier"
+	"github.com/dpsync/dpsync/internal/batcher"
+	"github.com/dpsync/dpsync/internal/dps"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// nats-server's and nats.go's background goroutines outlive a test briefly.
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).syncBlocks"),
+		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"),
+		goleak.IgnoreAnyFunction("time.Sleep"),
+	)
+}
+
+// testEvent is the tiny event format of these tests: the engine does not care.
+type testEvent struct {
+	ID  string `json:"id"`
+	Key string `json:"key"`
+	Op  string `json:"op"`
+	V   int    `json:"v"`
+}
+
+func testDecode(data []byte) (Decoded, error) {
+	var ev testEvent
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return Decoded{}, fmt.Errorf("not JSON: %v", err)
+	}
+	if ev.Key == "" {
+		return Decoded{}, errors.New("key: missing")
+	}
+	mode, err := dps.ParseBulkMode(ev.Op)
+	if err != nil {
+		return Decoded{}, fmt.Errorf("op: %v", err)
+	}
+	return Decoded{
+		EventID: ev.ID,
+		Key:     "enrollment/" + ev.Key,
+		Item: applier.Item{Kind: applier.KindEnrollment, Op: mode, Enrollment: &dps.IndividualEnrollment{
+			RegistrationID: ev.Key, DeviceID: fmt.Sprint(ev.V),
+		}},
+	}, nil
+}
+
+// fakeApplier records every applied item per key and answers with script.
+type fakeApplier struct {
+	mu      sync.Mutex
+	log     map[string][]string // key → "op:v" in apply order
+	calls   int
+	maxSize int
+	script  func(it applier.Item, attempt int) applier.Outcome
+	tries   map[string]int
+	inCall  map[string]bool
+	overlap bool
+}
+
+func newFakeApplier(script func(applier.Item, int) applier.Outcome) *fakeApplier {
+	return &fakeApplier{log: map[string][]string{}, tries: map[string]int{}, inCall: map[string]bool{}, script: script}
+}
+
+func (f *fakeApplier) Apply(ctx context.Context, items []applier.Item) []applier.Outcome {
+	f.mu.Lock()
+	f.calls++
+	f.maxSize = max(f.maxSize, len(items))
+	for _, it := range items {
+		if f.inCall[it.ID()] {
+			f.overlap = true
+		}
+		f.inCall[it.ID()] = true
+	}
+	f.mu.Unlock()
+	time.Sleep(time.Millisecond) // let calls overlap if the engine allowed it
+	out := make([]applier.Outcome, len(items))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, it := range items {
+		delete(f.inCall, it.ID())
+		id := it.ID() + "/" + it.Enrollment.DeviceID
+		f.tries[id]++
+		out[i] = applier.Outcome{Class: applier.Applied}
+		if f.script != nil {
+			out[i] = f.script(it, f.tries[id])
+		}
+		if out[i].Class == applier.Applied {
+			f.log[it.ID()] = append(f.log[it.ID()], string(it.Op)+":"+it.Enrollment.DeviceID)
+		}
+	}
+	return out
+}
+
+// fakeDLQ keeps letters in memory and answers Held from them.
+type fakeDLQ struct {
+	mu      sync.Mutex
+	letters []Letter
+	failN   int // fail the next failN publishes
+}
+
+func (d *fakeDLQ) Publish(_ context.Context, l Letter) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failN > 0 {
+		d.failN--
+		return errors.New("dlq unavailable")
+	}
+	d.letters = append(d.letters, l)
+	return nil
+}
+
+func (d *fakeDLQ) Held(_ context.Context, key string, pos uint64) (string, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.letters {
+		if l.Key == key && l.Position < pos {
+			return "held behind " + l.EventID, true, nil
+		}
+	}
+	return "", false, nil
+}
+
+func (d *fakeDLQ) snapshot() []Letter {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]Letter(nil), d.letters...)
+}
+
+type rig struct {
+	t      *testing.T
+	js     jetstream.JetStream
+	nc     *nats.Conn
+	cfg    StreamConfig
+	stream jetstream.Stream
+	eng    *Engine
+	cancel context.CancelFunc
+	runErr chan error
+}
+
+func newRig(t *testing.T, parts int, opts Options) *rig {
+	t.Helper()
+	js, nc := startJS(t)
+	ctx := context.Background()
+	cfg := StreamConfig{Partitions: parts, MemoryStorage: true}
+	s, err := EnsureStream(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Stream = cfg
+	if opts.Decode == nil {
+		opts.Decode = testDecode
+	}
+	if opts.Batcher.Linger == 0 {
+		opts.Batcher.Linger = 5 * time.Millisecond
+	}
+	eng, err := NewEngine(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	r := &rig{t: t, js: js, nc: nc, cfg: cfg, stream: s, eng: eng, cancel: cancel, runErr: make(chan error, 1)}
+	go func() { r.runErr <- eng.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-eng.Done()
+	})
+	for p := 0; p < parts; p++ {
+		c, err := EnsureConsumer(ctx, s, cfg, ConsumerConfig{AckWait: 2 * time.Second}, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := eng.Attach(p, 1, c, ReadOptions{PullBatch: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func (r *rig) publish(evs ...testEvent) {
+	r.t.Helper()
+	ctx := context.Background()
+	for _, ev := range evs {
+		b, _ := json.Marshal(ev)
+		if _, err := r.js.Publish(ctx, "dpsync.events.enrollment."+ev.Key, b, jetstream.WithMsgID(ev.ID)); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+func (r *rig) publishRaw(key string, data []byte) {
+	r.t.Helper()
+	if _, err := r.js.Publish(context.Background(), "dpsync.events.enrollment."+key, data); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// waitAcked waits until every partition consumer has nothing pending or unacknowledged.
+func (r *rig) waitAcked(timeout time.Duration) {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		pending, unacked := r.backlog()
+		if pending == 0 && unacked == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("after %v: %d events pending, %d unacknowledged, want 0 and 0", timeout, pending, unacked)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) backlog() (pending, unacked uint64) {
+	ctx := context.Background()
+	for p := 0; p < r.cfg.Partitions; p++ {
+		c, err := r.stream.Consumer(ctx, r.cfg.ConsumerName(p))
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		pending += info.NumPending
+		unacked += uint64(info.NumAckPending)
+	}
+	return pending, unacked
+}
+
+func TestEngineKeepsOrderPerKey(t *testing.T) {
+	fa := newFakeApplier(nil)
+	r := newRig(t, 4, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Coalesce: false}})
+	rng := rand.New(rand.NewPCG(1, 2))
+	ops := []string{"create", "update", "updateIfMatchETag", "delete"}
+	want := map[string][]string{}
+	var evs []testEvent
+	for i := 0; i < 2000; i++ {
+		key := fmt.Sprintf("dev-%03d", rng.IntN(100))
+		op := ops[rng.IntN(len(ops))]
+		evs = append(evs, testEvent{ID: fmt.Sprint("e", i), Key: key, Op: op, V: i})
+		want[key] = append(want[key], op+":"+fmt.Sprint(i))
+	}
+	r.publish(evs...)
+	r.waitAcked(30 * time.Second)
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	for key, w := range want {
+		if got := fa.log[key]; strings.Join(got, ",") != strings.Join(w, ",") {
+			t.Fatalf("key %s applied as\n%v\nwant\n%v", key, got, w)
+		}
+	}
+	if fa.overlap {
+		t.Fatal("two items of one key were in flight at once")
+	}
+	if fa.maxSize > 10 {
+		t.Fatalf("largest call had %d items, want ≤ 10", fa.maxSize)
+	}
+	if fa.calls >= 2000 {
+		t.Fatalf("%d calls for 2000 events: no batching", fa.calls)
+	}
+}
+
+func TestEnginePermanentFailureHoldsLaterEvents(t *testing.T) {
+	fa := newFakeApplier(func(it applier.Item, _ int) applier.Outcome {
+		if it.ID() == "bad" && it.Op == dps.BulkModeCreate {
+			return applier.Outcome{Class: applier.Permanent, Code: 400004, Status: 400, Reason: "DPS rejected create"}
+		}
+		return applier.Outcome{Class: applier.Applied}
+	})
+	dl := &fakeDLQ{}
+	r := newRig(t, 2, Options{Apply: fa, DeadLetters: dl, Batcher: batcher.Config{Coalesce: false}})
+	r.publish(
+		testEvent{ID: "1", Key: "bad", Op: "create", V: 1},
+		testEvent{ID: "2", Key: "good", Op: "create", V: 2},
+		testEvent{ID: "3", Key: "bad", Op: "update", V: 3},
+		testEvent{ID: "4", Key: "bad", Op: "delete", V: 4},
+	)
+	r.waitAcked(10 * time.Second)
+	// Events arriving after the failure are held by the hold check.
+	r.publish(testEvent{ID: "5", Key: "bad", Op: "update", V: 5})
+	r.waitAcked(10 * time.Second)
+
+	letters := dl.snapshot()
+	got := map[string]string{}
+	for _, l := range letters {
+		got[l.EventID] = l.Class
+		if l.Reason == "" {
+			t.Errorf("letter of %s has no reason", l.EventID)
+		}
+		if l.OriginSubject != "dpsync.events.enrollment.bad" {
+			t.Errorf("letter of %s: origin subject %q, want dpsync.events.enrollment.bad", l.EventID, l.OriginSubject)
+		}
+	}
+	want := map[string]string{"1": ClassPermanent, "3": ClassHeld, "4": ClassHeld, "5": ClassHeld}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("letters: got %v, want %v", got, want)
+	}
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if len(fa.log["bad"]) != 0 {
+		t.Fatalf("events of the failed key were applied: %v", fa.log["bad"])
+	}
+	if len(fa.log["good"]) != 1 {
+		t.Fatalf("good key: got %v, want one create", fa.log["good"])
+	}
+}
+
+func TestEngineHoldContinueLetsLaterEventsApply(t *testing.T) {
+	fa := newFakeApplier(func(it applier.Item, _ int) applier.Outcome {
+		if it.Op == dps.BulkModeCreate {
+			return applier.Outcome{Class: applier.Permanent, Reason: "no"}
+		}
+		return applier.Outcome{Class: applier.Applied}
+	})
+	dl := &fakeDLQ{}
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl, HoldPolicy: HoldContinue, Batcher: batcher.Config{Coalesce: false}})
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create"}, testEvent{ID: "2", Key: "k", Op: "update", V: 2})
+	r.waitAcked(10 * time.Second)
+	if n := len(dl.snapshot()); n != 1 {
+		t.Fatalf("letters: got %d, want 1", n)
+	}
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if got := fa.log["k"]; len(got) != 1 || got[0] != "update:2" {
+		t.Fatalf("applied: got %v, want [update:2]", got)
+	}
+}
+
+func TestEngineRetriesTransientThenDeadLetters(t *testing.T) {
+	fa := newFakeApplier(func(it applier.Item, attempt int) applier.Outcome {
+		switch it.ID() {
+		case "flaky":
+			if attempt < 3 {
+				return applier.Outcome{Class: applier.Transient, Status: 503, Reason: "DPS answered 503"}
+			}
+		case "down":
+			return applier.Outcome{Class: applier.Transient, Status: 503, Reason: "DPS answered 503"}
+		}
+		return applier.Outcome{Class: applier.Applied}
+	})
+	dl := &fakeDLQ{}
+	r := newRig(t, 2, Options{Apply: fa, DeadLetters: dl,
+		Retry: RetryPolicy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, Budget: 300 * time.Millisecond}})
+	r.publish(
+		testEvent{ID: "1", Key: "flaky", Op: "create", V: 1},
+		testEvent{ID: "2", Key: "flaky", Op: "delete", V: 2},
+		testEvent{ID: "3", Key: "down", Op: "create", V: 3},
+		testEvent{ID: "4", Key: "down", Op: "delete", V: 4},
+	)
+	r.waitAcked(10 * time.Second)
+	fa.mu.Lock()
+	flaky := strings.Join(fa.log["flaky"], ",")
+	fa.mu.Unlock()
+	if flaky != "create:1,delete:2" {
+		t.Fatalf("flaky key applied as %q, want create:1,delete:2", flaky)
+	}
+	got := map[string]string{}
+	for _, l := range dl.snapshot() {
+		got[l.EventID] = l.Class
+		if l.EventID == "3" && l.Attempts < 2 {
+			t.Errorf("letter of the down key: attempts %d, want ≥ 2", l.Attempts)
+		}
+	}
+	if want := map[string]string{"3": ClassTransient, "4": ClassHeld}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("letters: got %v, want %v", got, want)
+	}
+}
+
+func TestEngineInvalidEventsGoToDeadLetters(t *testing.T) {
+	fa := newFakeApplier(nil)
+	dl := &fakeDLQ{failN: 2} // the first publishes fail: the engine must retry, not ack
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl})
+	r.publishRaw("x", []byte("not json"))
+	r.publishRaw("y", []byte(`{"id":"2","key":"y","op":"explode"}`))
+	r.publish(testEvent{ID: "3", Key: "z", Op: "create", V: 3})
+	r.waitAcked(10 * time.Second)
+	letters := dl.snapshot()
+	if len(letters) != 2 {
+		t.Fatalf("letters: got %d, want 2", len(letters))
+	}
+	for _, l := range letters {
+		if l.Class != ClassInvalid || l.Reason == "" {
+			t.Errorf("letter %+v: want class invalid with a reason", l)
+		}
+	}
+	if letters[0].Key != "enrollment/x" {
+		t.Errorf("key of the undecodable event: got %q, want enrollment/x (from the subject)", letters[0].Key)
+	}
+}
+
+func TestEngineFencedPartitionIsNotApplied(t *testing.T) {
+	fa := newFakeApplier(nil)
+	var owned sync.Map
+	owned.Store(0, true)
+	fence := func(p int, _ uint64) bool { v, _ := owned.Load(p); return v == true }
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Fence: fence})
+	r.publish(testEvent{ID: "1", Key: "a", Op: "create", V: 1})
+	r.waitAcked(10 * time.Second)
+	owned.Store(0, false)
+	r.publish(testEvent{ID: "2", Key: "a", Op: "update", V: 2})
+	time.Sleep(300 * time.Millisecond)
+	fa.mu.Lock()
+	n := len(fa.log["a"])
+	fa.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("applied %d events of a fenced partition, want only the one before fencing", n)
+	}
+	if _, unacked := r.backlog(); unacked == 0 {
+		t.Fatal("fenced event was acknowledged; it must stay for the new owner")
+	}
+}
+
+func TestEngineGracefulStopFinishesWork(t *testing.T) {
+	fa := newFakeApplier(nil)
+	r := newRig(t, 2, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Linger: time.Hour}})
+	var evs []testEvent
+	for i := 0; i < 7; i++ { // fewer than a full batch
+		evs = append(evs, testEvent{ID: fmt.Sprint(i), Key: fmt.Sprint("k", i), Op: "create", V: i})
+	}
+	r.publish(evs...)
+	// The linger is an hour: nothing goes out until Stop flushes.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, unacked := r.backlog()
+		if unacked == 7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("engine holds %d events, want 7", unacked)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.eng.Stop()
+	select {
+	case err := <-r.runErr:
+		if err != nil {
+			t.Fatalf("Run after Stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Stop")
+	}
+	r.waitAcked(2 * time.Second) // acks are in the connection's buffer when Run returns
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if len(fa.log) != 7 {
+		t.Fatalf("applied %d keys before stopping, want 7", len(fa.log))
+	}
+}

@@ -1,0 +1,189 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// partitionReader pulls one partition's consumer and hands messages to the loop.
+type partitionReader struct {
+	p         int
+	epoch     uint64
+	it        jetstream.MessagesContext
+	done      chan struct{} // closed when the pull goroutine has returned
+	detached  bool
+	onDrained func()
+}
+
+// ReadOptions tune pulling.
+type ReadOptions struct {
+	// PullBatch is how many messages one pull request asks for (default 500).
+	PullBatch int
+	// Heartbeat of pull requests: a hung server is noticed within about twice this
+	// (default 5 s).
+	Heartbeat time.Duration
+}
+
+// Attach starts reading partition p from cons under ownership epoch. Events read carry the
+// epoch; the engine checks it with Fence before each DPS call.
+func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOptions) error {
+	if ro.PullBatch <= 0 {
+		ro.PullBatch = 500
+	}
+	if ro.Heartbeat <= 0 {
+		ro.Heartbeat = 5 * time.Second
+	}
+	e.partsMu.Lock()
+	defer e.partsMu.Unlock()
+	if r, ok := e.parts[p]; ok && !r.detached {
+		return fmt.Errorf("partition %d is already attached", p)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(ro.PullBatch), jetstream.PullHeartbeat(ro.Heartbeat))
+	if err != nil {
+		return fmt.Errorf("pull partition %d: %w", p, err)
+	}
+	r := &partitionReader{p: p, epoch: epoch, it: it, done: make(chan struct{})}
+	e.parts[p] = r
+	e.wg.Add(1)
+	go e.read(r)
+	e.opts.Logger.Info("partition attached", "partition", p, "epoch", epoch)
+	return nil
+}
+
+func (e *Engine) read(r *partitionReader) {
+	defer e.wg.Done()
+	defer close(r.done)
+	for {
+		m, err := r.it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			// Heartbeats missed, server gone for a moment: the iterator keeps trying.
+			e.opts.Logger.Warn("pull", "partition", r.p, "err", err)
+			select {
+			case <-e.quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case e.in <- inbound{msg: m, partition: r.p, epoch: r.epoch}:
+		case <-e.quit:
+			return
+		}
+	}
+}
+
+// Detach stops reading partition p. With graceful, messages already pulled are still
+// processed and onDrained (if not nil) is called from the engine's loop once the worker holds
+// no event of p anymore: only then may another worker take p without reordering. Without
+// graceful (ownership lost), pulled events are dropped unacknowledged as they come up, and
+// onDrained is called the same way.
+func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
+	e.partsMu.Lock()
+	r, ok := e.parts[p]
+	if !ok || r.detached {
+		e.partsMu.Unlock()
+		if onDrained != nil {
+			go onDrained()
+		}
+		return
+	}
+	r.detached = true
+	r.onDrained = onDrained
+	e.partsMu.Unlock()
+	if graceful {
+		r.it.Drain()
+	} else {
+		r.it.Stop()
+	}
+	go func() {
+		<-r.done
+		select {
+		case e.ctl <- func() { e.partitionIdleCheck(p) }:
+		case <-e.quit:
+		}
+	}()
+}
+
+// partitionIdle is called by the loop when the worker holds no event of p.
+func (e *Engine) partitionIdle(p int) { e.partitionIdleCheck(p) }
+
+func (e *Engine) partitionIdleCheck(p int) {
+	if e.perPart[p] > 0 {
+		return
+	}
+	e.partsMu.Lock()
+	r, ok := e.parts[p]
+	if !ok || !r.detached {
+		e.partsMu.Unlock()
+		return
+	}
+	select {
+	case <-r.done:
+	default:
+		e.partsMu.Unlock()
+		return // still pulling; the reader's end triggers another check
+	}
+	delete(e.parts, p)
+	fn := r.onDrained
+	e.partsMu.Unlock()
+	e.opts.Logger.Info("partition detached", "partition", p)
+	if fn != nil {
+		go fn()
+	}
+}
+
+// Partitions returns the partitions being read and their epochs.
+func (e *Engine) Partitions() map[int]uint64 {
+	e.partsMu.Lock()
+	defer e.partsMu.Unlock()
+	out := make(map[int]uint64, len(e.parts))
+	for p, r := range e.parts {
+		if !r.detached {
+			out[p] = r.epoch
+		}
+	}
+	return out
+}
+
+func (e *Engine) stopAllReaders(graceful bool) {
+	e.partsMu.Lock()
+	defer e.partsMu.Unlock()
+	for _, r := range e.parts {
+		if graceful {
+			r.it.Drain()
+		} else {
+			r.it.Stop()
+		}
+	}
+}
+
+func (e *Engine) readersDone() bool {
+	e.partsMu.Lock()
+	defer e.partsMu.Unlock()
+	for _, r := range e.parts {
+		select {
+		case <-r.done:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// KeyFromSubject derives the ordering key of an event from its stored subject
+// "<prefix>.<p>.<kind>.<token>" (used for events too broken to decode).
+func KeyFromSubject(subject string) string {
+	toks := strings.Split(subject, ".")
+	if len(toks) < 2 {
+		return ""
+	}
+	return toks[len(toks)-2] + "/" + strings.ReplaceAll(toks[len(toks)-1], "%2E", ".")
+}
