@@ -232,10 +232,16 @@ type batchDone struct {
 	retries map[string]*retryState // by key, for retry batches
 }
 
+// inbound is a message a reader pulled, already decoded there (decoding is the costly
+// part; readers run in parallel, the loop does not).
 type inbound struct {
 	msg       jetstream.Msg
 	partition int
 	epoch     uint64
+	meta      *jetstream.MsgMetadata
+	metaErr   error
+	dec       Decoded
+	decErr    error
 }
 
 // Engine is the processing core of a worker. Create it with NewEngine, start Run in one
@@ -388,7 +394,7 @@ func (e *Engine) nextWake(now time.Time) time.Duration {
 func (e *Engine) accept(ctx context.Context, in inbound) {
 	now := e.opts.Now()
 	st := &msgState{msg: in.msg, partition: in.partition, epoch: in.epoch, received: now, lastProgress: now}
-	meta, err := in.msg.Metadata()
+	meta, err := in.meta, in.metaErr
 	if err != nil {
 		e.opts.Logger.Warn("message without JetStream metadata dropped", "subject", in.msg.Subject(), "err", err)
 		return
@@ -409,7 +415,7 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	e.track(st)
 	e.opts.Metrics.eventIn(ctx)
 
-	dec, err := e.opts.Decode(in.msg.Data())
+	dec, err := in.dec, in.decErr
 	if err != nil {
 		l := e.letter(st, ClassInvalid, applier.Outcome{Reason: err.Error()}, 1, now)
 		l.Key = KeyFromSubject(in.msg.Subject())
@@ -776,7 +782,11 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 		defer e.wg.Done()
 		now := e.opts.Now()
 		for _, st := range sts {
-			l := e.letter(st, ClassHeld, applier.Outcome{Reason: reason}, 0, now)
+			why := reason
+			if r, held, err := e.opts.DeadLetters.Held(ctx, key, st.position); err == nil && held {
+				why = r // names the letter's sequence in the dead-letter stream
+			}
+			l := e.letter(st, ClassHeld, applier.Outcome{Reason: why}, 0, now)
 			if !e.publishLetter(ctx, l) {
 				break
 			}

@@ -72,8 +72,11 @@ func (e *Engine) read(r *partitionReader) {
 			}
 			continue
 		}
+		in := inbound{msg: m, partition: r.p, epoch: r.epoch}
+		in.meta, in.metaErr = m.Metadata()
+		in.dec, in.decErr = e.opts.Decode(m.Data())
 		select {
-		case e.in <- inbound{msg: m, partition: r.p, epoch: r.epoch}:
+		case e.in <- in:
 		case <-e.quit:
 			return
 		}
