@@ -124,8 +124,12 @@ func ParseConnectionString(connStr string, opts *SharedAccessKeyCredentialOption
 			key, haveKey = strings.TrimSpace(value), true
 		default:
 			// Other settings (e.g. DeviceId of IoT Hub strings) are not part of a DPS
-			// connection string; the name is safe to quote, the value is not.
-			return "", nil, fmt.Errorf("dps: %w: unknown setting %q", ErrConnectionString, strings.TrimSpace(name))
+			// connection string. The name is quoted only when it looks like a setting name:
+			// a pasted key (base64, maybe ending in '=') must not end up in the message.
+			if n := strings.TrimSpace(name); isSettingName(n) {
+				return "", nil, fmt.Errorf("dps: %w: unknown setting %q", ErrConnectionString, n)
+			}
+			return "", nil, fmt.Errorf("dps: %w: a segment is not a known Name=value setting", ErrConnectionString)
 		}
 	}
 	switch {
@@ -150,6 +154,20 @@ func ParseConnectionString(connStr string, opts *SharedAccessKeyCredentialOption
 		return "", nil, fmt.Errorf("dps: %w: %w", ErrConnectionString, err)
 	}
 	return "https://" + host, cred, nil
+}
+
+// isSettingName reports whether s looks like a connection string setting name (a few ASCII
+// letters), as opposed to, say, a key.
+func isSettingName(s string) bool {
+	if s == "" || len(s) > 24 {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // BuildSASToken returns the Authorization header value DPS expects for resourceURI, signed
