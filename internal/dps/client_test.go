@@ -40,9 +40,9 @@ func TestOperations(t *testing.T) {
 		wantStatus int
 	}{
 		{
-			name: "GetEnrollment",
-			call: func(c *Client) (any, error) { return c.GetEnrollment(ctx, "dev/1 ü", nil) },
-			reply: reply{status: 200, body: string(exampleResponseBody(t, "IndividualEnrollment_Get_MaximumSet_Gen", "200"))},
+			name:   "GetEnrollment",
+			call:   func(c *Client) (any, error) { return c.GetEnrollment(ctx, "dev/1 ü", nil) },
+			reply:  reply{status: 200, body: string(exampleResponseBody(t, "IndividualEnrollment_Get_MaximumSet_Gen", "200"))},
 			method: http.MethodGet, path: "/enrollments/dev%2F1%20%C3%BC",
 			check: func(t *testing.T, resp any) {
 				r := resp.(GetEnrollmentResponse)
@@ -61,7 +61,7 @@ func TestOperations(t *testing.T) {
 				e.Capabilities = &DeviceCapabilities{IotEdge: false}
 				return c.CreateOrUpdateEnrollment(ctx, e, &CreateOrUpdateEnrollmentOptions{IfMatch: etag("IjA0MDBlNGYxLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWY3MDAwMCI=")})
 			},
-			reply: reply{status: 200, body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"cHJpbWFyeQ==","secondaryKey":"c2Vjb25kYXJ5"}},"capabilities":{"iotEdge":false},"etag":"Ijk5Ig==","provisioningStatus":"enabled","createdDateTimeUtc":"2023-05-19T23:10:45.1256254Z","lastUpdatedDateTimeUtc":"2023-05-19T23:10:45.1256254Z"}`},
+			reply:  reply{status: 200, body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"cHJpbWFyeQ==","secondaryKey":"c2Vjb25kYXJ5"}},"capabilities":{"iotEdge":false},"etag":"Ijk5Ig==","provisioningStatus":"enabled","createdDateTimeUtc":"2023-05-19T23:10:45.1256254Z","lastUpdatedDateTimeUtc":"2023-05-19T23:10:45.1256254Z"}`},
 			method: http.MethodPut, path: "/enrollments/dev-1", ifMatch: "IjA0MDBlNGYxLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWY3MDAwMCI=",
 			body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{}},"capabilities":{"iotEdge":false}}`,
 			check: func(t *testing.T, resp any) {
@@ -72,29 +72,37 @@ func TestOperations(t *testing.T) {
 			},
 		},
 		{
-			name:   "CreateOrUpdateEnrollment quoted etag",
-			call:   func(c *Client) (any, error) { return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("dev-1"), &CreateOrUpdateEnrollmentOptions{IfMatch: etag(`"Ijk5Ig=="`)}) },
+			name: "CreateOrUpdateEnrollment quoted etag",
+			call: func(c *Client) (any, error) {
+				return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("dev-1"), &CreateOrUpdateEnrollmentOptions{IfMatch: etag(`"Ijk5Ig=="`)})
+			},
 			reply:  reply{status: 200, body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey"}}`},
 			method: http.MethodPut, path: "/enrollments/dev-1", ifMatch: `"Ijk5Ig=="`,
 			body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{}}}`,
 		},
 		{
-			name:   "CreateOrUpdateEnrollment If-Match *",
-			call:   func(c *Client) (any, error) { return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("dev-1"), &CreateOrUpdateEnrollmentOptions{IfMatch: ptr(azcore.ETagAny)}) },
+			name: "CreateOrUpdateEnrollment If-Match *",
+			call: func(c *Client) (any, error) {
+				return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("dev-1"), &CreateOrUpdateEnrollmentOptions{IfMatch: ptr(azcore.ETagAny)})
+			},
 			reply:  reply{status: 200, body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey"}}`},
 			method: http.MethodPut, path: "/enrollments/dev-1", ifMatch: "*",
 			body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{}}}`,
 		},
 		{
-			name:   "CreateOrUpdateEnrollment without If-Match",
-			call:   func(c *Client) (any, error) { return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("Dev_1:a.b"), nil) },
+			name: "CreateOrUpdateEnrollment without If-Match",
+			call: func(c *Client) (any, error) {
+				return c.CreateOrUpdateEnrollment(ctx, symKeyEnrollment("Dev_1:a.b"), nil)
+			},
 			reply:  reply{status: 200, body: `{"registrationId":"Dev_1:a.b","attestation":{"type":"symmetricKey"}}`},
 			method: http.MethodPut, path: "/enrollments/Dev_1:a.b",
 			body: `{"registrationId":"Dev_1:a.b","attestation":{"type":"symmetricKey","symmetricKey":{}}}`,
 		},
 		{
-			name:   "DeleteEnrollment If-Match *",
-			call:   func(c *Client) (any, error) { return c.DeleteEnrollment(ctx, "dev-1", &DeleteEnrollmentOptions{IfMatch: ptr(azcore.ETagAny)}) },
+			name: "DeleteEnrollment If-Match *",
+			call: func(c *Client) (any, error) {
+				return c.DeleteEnrollment(ctx, "dev-1", &DeleteEnrollmentOptions{IfMatch: ptr(azcore.ETagAny)})
+			},
 			reply:  reply{status: 204},
 			method: http.MethodDelete, path: "/enrollments/dev-1", ifMatch: "*",
 		},
@@ -158,8 +166,10 @@ func TestOperations(t *testing.T) {
 			},
 		},
 		{
-			name:   "CreateOrUpdateEnrollmentGroup quoted etag",
-			call:   func(c *Client) (any, error) { return c.CreateOrUpdateEnrollmentGroup(ctx, group, &CreateOrUpdateEnrollmentGroupOptions{IfMatch: etag(`"abc"`)}) },
+			name: "CreateOrUpdateEnrollmentGroup quoted etag",
+			call: func(c *Client) (any, error) {
+				return c.CreateOrUpdateEnrollmentGroup(ctx, group, &CreateOrUpdateEnrollmentGroupOptions{IfMatch: etag(`"abc"`)})
+			},
 			reply:  reply{status: 200, body: `{"enrollmentGroupId":"line/7","attestation":{"type":"symmetricKey"},"provisioningStatus":"disabled","etag":"ImIi"}`},
 			method: http.MethodPut, path: "/enrollmentGroups/line%2F7", ifMatch: `"abc"`,
 			body: `{"enrollmentGroupId":"line/7","attestation":{"type":"symmetricKey"},"provisioningStatus":"disabled"}`,
@@ -171,8 +181,10 @@ func TestOperations(t *testing.T) {
 			},
 		},
 		{
-			name:   "DeleteEnrollmentGroup with etag",
-			call:   func(c *Client) (any, error) { return c.DeleteEnrollmentGroup(ctx, "line/7", &DeleteEnrollmentGroupOptions{IfMatch: etag("ImIi")}) },
+			name: "DeleteEnrollmentGroup with etag",
+			call: func(c *Client) (any, error) {
+				return c.DeleteEnrollmentGroup(ctx, "line/7", &DeleteEnrollmentGroupOptions{IfMatch: etag("ImIi")})
+			},
 			reply:  reply{status: 204},
 			method: http.MethodDelete, path: "/enrollmentGroups/line%2F7", ifMatch: "ImIi",
 		},
@@ -215,8 +227,10 @@ func TestOperations(t *testing.T) {
 			},
 		},
 		{
-			name:   "DeleteRegistrationState",
-			call:   func(c *Client) (any, error) { return c.DeleteRegistrationState(ctx, "dev-1", &DeleteRegistrationStateOptions{IfMatch: etag("e")}) },
+			name: "DeleteRegistrationState",
+			call: func(c *Client) (any, error) {
+				return c.DeleteRegistrationState(ctx, "dev-1", &DeleteRegistrationStateOptions{IfMatch: etag("e")})
+			},
 			reply:  reply{status: 204},
 			method: http.MethodDelete, path: "/registrations/dev-1", ifMatch: "e",
 		},
@@ -483,9 +497,9 @@ func TestQueryPagerOptionsAndOtherCollections(t *testing.T) {
 func TestServiceErrorsAndClassifiers(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
-		name                                  string
-		reply                                 reply
-		wantStatus, wantCode                  int
+		name                                   string
+		reply                                  reply
+		wantStatus, wantCode                   int
 		notFound, conflict, precond, transient bool
 	}{
 		{"404201 enrollment not found", reply{status: 404, header: map[string]string{"x-ms-error-code": "404201"}, body: `{"errorCode":404201,"trackingId":"t-1","message":"Enrollment not found.","info":{},"timestampUtc":"2023-05-19T23:10:45.1256254Z"}`}, 404, 404201, true, false, false, false},
