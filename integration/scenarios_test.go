@@ -123,7 +123,9 @@ func TestFreezeWorkerNode(t *testing.T) {
 	e.run(runSpec{
 		workload: workloadOf(pick(3000, 50_000), pick(300, 5000)),
 		publish:  workload.PublishOptions{Rate: pick(300.0, 600.0)},
-		chaos:    func(e *env) { freezeNodeOf(e, first, pick(2*time.Second, 10*time.Second), pick(8*time.Second, 15*time.Second)) },
+		chaos: func(e *env) {
+			freezeNodeOf(e, first, pick(2*time.Second, 10*time.Second), pick(8*time.Second, 15*time.Second))
+		},
 		converge: pick(3*time.Minute, 20*time.Minute),
 	})
 }
