@@ -133,6 +133,7 @@ func (t handlerTransport) Do(req *http.Request) (*http.Response, error) {
 	sreq := req.Clone(req.Context())
 	sreq.RequestURI = req.URL.RequestURI()
 	sreq.Host = req.URL.Host
+	sreq.Body = http.NoBody
 	if req.Body != nil {
 		b, err := io.ReadAll(req.Body)
 		if err != nil {
