@@ -28,6 +28,10 @@ func (b *ProcessBackend) StartWorker(ctx context.Context, t TB, spec WorkerSpec)
 	if err != nil {
 		return nil, err
 	}
+	return startWorkerProc(t, bin, spec)
+}
+
+func startWorkerProc(t TB, bin string, spec WorkerSpec) (*processWorker, error) {
 	ports, err := freePorts(1)
 	if err != nil {
 		return nil, err
