@@ -166,21 +166,24 @@ func TestEmulatorFaults(t *testing.T) {
 	})
 }
 
-// emulatorFaults is the fault document for the emulator's PUT /admin/faults: 5 % of calls
-// answer 5xx, latency spikes with jitter, 1 % of connections dropped, and, when throttle is
-// set, a forced 429 window. ADAPT to internal/emulator's fault schema when it lands (this is
-// the only place that spells it).
-func emulatorFaults(seed uint64, throttle bool) map[string]any {
+// emulatorFaults is the fault document for the emulator's PUT /admin/faults
+// (internal/emulator.Faults): 5 % of calls answer 503, latency spikes (5 ms plus up to 300 ms
+// of jitter), 1 % of connections dropped before the call is applied, and a little ambiguity
+// (1 % applied then answered 503, 0.5 % applied then dropped: the worker cannot tell whether
+// its write happened and must converge anyway). With throttle set, a forced-429 window of 2 s
+// starts.
+func emulatorFaults(throttle bool) map[string]any {
 	f := map[string]any{
-		"seed":          seed,
-		"errorRate":     0.05,
-		"errorStatus":   503,
-		"latency":       "5ms",
-		"latencyJitter": "300ms",
-		"dropRate":      0.01,
+		"errorRates":          map[string]float64{"*": 0.05},
+		"errorStatus":         503,
+		"errorAfterApplyRate": 0.01,
+		"dropRate":            0.01,
+		"dropAfterApplyRate":  0.005,
+		"latency":             "5ms",
+		"jitter":              "300ms",
 	}
 	if throttle {
-		f["throttle"] = true
+		f["throttleFor"] = "2s"
 	}
 	return f
 }
@@ -192,19 +195,19 @@ func emulatorChaos(e *env, d time.Duration) {
 			e.t.Errorf("clear emulator faults: %v", err)
 		}
 	}()
-	for window := 0; time.Now().Before(end); window++ {
-		if err := e.emu.SetFaults(e.ctx, emulatorFaults(e.seed+uint64(window), false)); err != nil {
+	for time.Now().Before(end) {
+		if err := e.emu.SetFaults(e.ctx, emulatorFaults(false)); err != nil {
 			e.t.Errorf("set emulator faults: %v", err)
 			return
 		}
 		if !e.sleep(3 * time.Second) {
 			return
 		}
-		if err := e.emu.SetFaults(e.ctx, emulatorFaults(e.seed+uint64(window), true)); err != nil {
+		if err := e.emu.SetFaults(e.ctx, emulatorFaults(true)); err != nil {
 			e.t.Errorf("set 429 window: %v", err)
 			return
 		}
-		if !e.sleep(2 * time.Second) {
+		if !e.sleep(4 * time.Second) {
 			return
 		}
 	}

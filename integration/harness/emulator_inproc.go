@@ -14,8 +14,8 @@ import (
 // ConnectionString(), CAFile(), Close().
 func startEmulator(ctx context.Context, t TB, opts EmulatorOptions) (*Emulator, error) {
 	srv, err := emulator.Serve(ctx, emulator.Options{
-		Seed:           opts.Seed,
-		QuotaPerMinute: opts.QuotaPerMinute,
+		Seed:   opts.Seed,
+		Quotas: &emulator.Quotas{ServiceOpsPerMinute: opts.QuotaPerMinute},
 	}, emulator.ServeOptions{Addr: "127.0.0.1:0"})
 	if err != nil {
 		return nil, fmt.Errorf("start emulator: %w", err)
