@@ -225,7 +225,7 @@ func (r *Redriver) park(ctx context.Context, st *Store, l Letter) error {
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := st.s.DeleteMsg(dctx, l.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := deleteLetter(dctx, st.s, l.Seq); err != nil && !errors.Is(err, errGone) {
 		return fmt.Errorf("park dead letter %d: parked as %d, but the old letter was not removed: %w", l.Seq, ack.Sequence, err)
 	}
 	if r.opts.Index != nil {

@@ -279,7 +279,7 @@ func (st *Store) republish(ctx context.Context, l Letter, rh replayHeaders) erro
 	// less to deduplicate.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := st.s.DeleteMsg(dctx, l.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := deleteLetter(dctx, st.s, l.Seq); err != nil && !errors.Is(err, errGone) {
 		return fmt.Errorf("replay dead letter %d: republished, but not removed (a re-run deduplicates it): %w", l.Seq, err)
 	}
 	return nil

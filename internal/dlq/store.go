@@ -255,8 +255,8 @@ func (st *Store) Purge(ctx context.Context, f Filter) ([]Letter, error) {
 func (st *Store) PurgeLetters(ctx context.Context, ls []Letter) ([]Letter, error) {
 	var removed []Letter
 	for _, l := range ls {
-		err := st.s.DeleteMsg(ctx, l.Seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		err := deleteLetter(ctx, st.s, l.Seq)
+		if errors.Is(err, errGone) {
 			continue
 		}
 		if err != nil {

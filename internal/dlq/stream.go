@@ -207,3 +207,17 @@ func scan(ctx context.Context, s jetstream.Stream, from uint64, headersOnly bool
 		}
 	}
 }
+
+// deleteLetter removes the letter at seq. It returns errGone if the letter was already
+// gone (removed by someone else): the server's refusal does not carry a typed error, so
+// that case is told apart by reading the sequence.
+func deleteLetter(ctx context.Context, s jetstream.Stream, seq uint64) error {
+	err := s.DeleteMsg(ctx, seq)
+	if err == nil {
+		return nil
+	}
+	if _, gerr := s.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		return errGone
+	}
+	return err
+}
