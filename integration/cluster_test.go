@@ -90,6 +90,27 @@ func TestClusterLeaderFailover(t *testing.T) {
 	if got, want := info.State.Msgs, uint64(confirmed); got != want {
 		t.Errorf("stream holds %d messages, want %d (every confirmed publish, none twice)", got, want)
 	}
+	// The restarted node catches up: it is listed as a current replica.
+	name := fmt.Sprintf("n%d", leader)
+	for caughtUp := false; !caughtUp; {
+		if info, err = s.Info(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if info.Cluster != nil && info.Cluster.Leader == name {
+			caughtUp = true
+		}
+		for _, r := range info.Cluster.Replicas {
+			if r.Name == name && r.Current {
+				caughtUp = true
+			}
+		}
+		if !caughtUp {
+			if time.Now().After(deadline.Add(30 * time.Second)) {
+				t.Fatalf("restarted node %s is not a current replica: %+v", name, info.Cluster)
+			}
+			time.Sleep(200 * time.Millisecond) // polling an external process
+		}
+	}
 	t.Logf("leader n%d killed, new leader n%d, restarted node rejoined; %d messages confirmed", leader, next, confirmed)
 }
 
