@@ -102,8 +102,7 @@ func (f *fake) requests() []recorded {
 // that trusts the server's certificate (as a client of the emulator would).
 func newTLSClient(t *testing.T, f http.Handler, opts *ClientOptions) (*Client, *httptest.Server) {
 	t.Helper()
-	srv := httptest.NewTLSServer(f)
-	t.Cleanup(srv.Close)
+	srv := newTLSServer(t, f)
 	u, _ := url.Parse(srv.URL)
 	connStr := "HostName=" + u.Host + ";SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=" + testKey
 	var o ClientOptions
@@ -120,6 +119,16 @@ func newTLSClient(t *testing.T, f http.Handler, opts *ClientOptions) (*Client, *
 	}
 	return c, srv
 }
+
+// newTLSServer starts an HTTPS httptest server closed at the end of the test.
+func newTLSServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func timeNowPlusHour() time.Time { return time.Now().Add(time.Hour) }
 
 // handlerTransport serves requests in-process: no sockets, so it works inside a
 // testing/synctest bubble.
