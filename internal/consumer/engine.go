@@ -262,6 +262,7 @@ type Engine struct {
 
 	// loop-owned state
 	held       map[*msgState]struct{}
+	bySeq      map[uint64]*msgState // held events by stream sequence
 	retries    map[string]*retryState // by key
 	perPart    map[int]int            // events held per partition
 	inFlight   int
@@ -294,6 +295,7 @@ func NewEngine(opts Options) (*Engine, error) {
 		stopReq: make(chan struct{}),
 		stopped: make(chan struct{}),
 		held:    make(map[*msgState]struct{}),
+		bySeq:   make(map[uint64]*msgState),
 		retries: make(map[string]*retryState),
 		perPart: make(map[int]int),
 		parts:   make(map[int]*partitionReader),
@@ -400,6 +402,13 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		return
 	}
 	st.seq = meta.Sequence.Stream
+	if held, dup := e.bySeq[st.seq]; dup {
+		// A redelivery of an event this worker still works on (its InProgress came late):
+		// the first copy settles it; applying the second would repeat it out of order.
+		_ = in.msg.InProgress()
+		held.lastProgress = now
+		return
+	}
 	st.redelivered = meta.NumDelivered > 1
 	st.position = st.seq
 	if p := in.msg.Headers().Get(HeaderPosition); p != "" {
@@ -450,6 +459,7 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 
 func (e *Engine) track(st *msgState) {
 	e.held[st] = struct{}{}
+	e.bySeq[st.seq] = st
 	e.perPart[st.partition]++
 }
 
@@ -458,6 +468,9 @@ func (e *Engine) untrack(st *msgState) {
 		return
 	}
 	delete(e.held, st)
+	if e.bySeq[st.seq] == st {
+		delete(e.bySeq, st.seq)
+	}
 	e.perPart[st.partition]--
 	if e.perPart[st.partition] <= 0 {
 		delete(e.perPart, st.partition)
@@ -565,7 +578,7 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 			switch outs[j].Class {
 			case applier.Applied:
 				for _, st := range sts {
-					_ = st.msg.Ack()
+					e.ack(ctx, st)
 					e.opts.Metrics.applied(ctx, now.Sub(st.received))
 				}
 				r.final = true
@@ -621,9 +634,35 @@ func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class stri
 		}
 	}
 	for _, st := range sts {
-		_ = st.msg.Ack()
+		e.ack(ctx, st)
 	}
 	return true
+}
+
+// ack acknowledges st and waits for the server's confirmation, retrying until it comes or
+// ctx ends. A confirmed ack matters for order: the key's next event is released only after
+// this one can no longer be redelivered, so a redelivery never replays an event behind a
+// later one of its key that was already applied.
+func (e *Engine) ack(ctx context.Context, st *msgState) {
+	delay := 50 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := st.msg.DoubleAck(actx)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		e.opts.Logger.Warn("ack not confirmed; retrying", "seq", st.seq, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
 }
 
 func (e *Engine) publishLetter(ctx context.Context, l Letter) bool {
@@ -679,7 +718,7 @@ func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter)
 		defer e.wg.Done()
 		if e.publishLetter(ctx, l) {
 			for _, st := range sts {
-				_ = st.msg.Ack()
+				e.ack(ctx, st)
 			}
 		}
 		select {
@@ -790,7 +829,7 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 			if !e.publishLetter(ctx, l) {
 				break
 			}
-			_ = st.msg.Ack()
+			e.ack(ctx, st)
 		}
 		select {
 		case e.keyDone <- followDone{key: key, sts: sts}:

@@ -164,6 +164,9 @@ func newRig(t *testing.T, parts int, opts Options) *rig {
 	if opts.Decode == nil {
 		opts.Decode = testDecode
 	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = 500 * time.Millisecond // under the rig's AckWait of 2 s
+	}
 	if opts.Batcher.Linger == 0 {
 		opts.Batcher.Linger = 5 * time.Millisecond
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dpsync/dpsync/internal/event"
 )
 
 // partitionReader pulls one partition's consumer and hands messages to the loop.
@@ -188,5 +190,5 @@ func KeyFromSubject(subject string) string {
 	if len(toks) < 2 {
 		return ""
 	}
-	return toks[len(toks)-2] + "/" + strings.ReplaceAll(toks[len(toks)-1], "%2E", ".")
+	return toks[len(toks)-2] + "/" + event.ParseSubjectToken(toks[len(toks)-1])
 }
