@@ -20,6 +20,12 @@ func TestSubjectToken(t *testing.T) {
 		{"Sensor-0001", "sensor-0001"},
 		{"Line-7.Station:3_sensor", "line-7%2Estation:3_sensor"},
 		{"a.b.c", "a%2Eb%2Ec"},
+		{"sensor 0001", "sensor%200001"},
+		{"line/7", "line%2F7"},
+		{"*", "%2A"},
+		{">", "%3E"},
+		{"100%", "100%25"},
+		{"Grüße", "gr%C3%BC%C3%9Fe"},
 	}
 	for _, tt := range tests {
 		if got := SubjectToken(tt.id); got != tt.token {
@@ -28,12 +34,14 @@ func TestSubjectToken(t *testing.T) {
 		if got, want := ParseSubjectToken(tt.token), strings.ToLower(tt.id); got != want {
 			t.Errorf("ParseSubjectToken(%q) = %q, want %q", tt.token, got, want)
 		}
-		if strings.ContainsAny(SubjectToken(tt.id), ". *>") {
+		if strings.ContainsAny(SubjectToken(tt.id), ". *>\t\r\n") {
 			t.Errorf("token of %q contains a subject separator or wildcard", tt.id)
 		}
 	}
-	if got := ParseSubjectToken("a%2eb"); got != "a.b" {
-		t.Errorf("ParseSubjectToken(lower-case escape) = %q, want a.b", got)
+	for token, want := range map[string]string{"a%2eb": "a.b", "a%": "a%", "a%2": "a%2", "a%zz": "a%zz", "%2E%2e": ".."} {
+		if got := ParseSubjectToken(token); got != want {
+			t.Errorf("ParseSubjectToken(%q) = %q, want %q", token, got, want)
+		}
 	}
 }
 
@@ -333,6 +341,21 @@ func FuzzDecode(f *testing.F) {
 		kind, token, _, perr := ParseSubject(e.StreamSubject(SubjectPrefix))
 		if perr != nil || kind != e.Kind || ParseSubjectToken(token) != strings.ToLower(e.TargetID()) {
 			t.Fatalf("subject of %q does not round-trip: %v", e.TargetID(), perr)
+		}
+	})
+}
+
+func FuzzSubjectToken(f *testing.F) {
+	for _, s := range []string{"sensor-1", "A.b:c_d", "a b", "%2E", "*", ">", "Grüße", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		tok := SubjectToken(id)
+		if strings.ContainsAny(tok, ". *>\t\r\n") {
+			t.Fatalf("SubjectToken(%q) = %q holds a subject separator, wildcard or space", id, tok)
+		}
+		if got, want := ParseSubjectToken(tok), strings.ToLower(id); got != want {
+			t.Fatalf("ParseSubjectToken(SubjectToken(%q)) = %q, want %q", id, got, want)
 		}
 	})
 }

@@ -17,15 +17,62 @@ const (
 
 // SubjectToken returns the subject token of a registration id or enrollment group id: the
 // id lower-cased (DPS ids are case-insensitive, so "Dev-1" and "dev-1" share a token and thus
-// an ordering key and a partition), with "." written as "%2E" (a "." would split the id into
-// several subject tokens). Valid ids contain no "%", so the encoding is reversible.
+// an ordering key and a partition), with every byte other than a-z, 0-9, "-", "_" and ":"
+// written as %XX. A valid id can only contain "." among those, so its token differs from the
+// lower-cased id only by "." → "%2E" (a "." would split the id into several subject tokens).
+// Invalid ids (a space, "/", "*") still give a usable token, so their events reach the worker
+// and are dead-lettered with a reason instead of failing at publish time.
 func SubjectToken(id string) string {
-	return strings.ReplaceAll(strings.ToLower(id), ".", "%2E")
+	id = strings.ToLower(id)
+	var b strings.Builder
+	b.Grow(len(id) + 8)
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == ':' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&0xf])
+	}
+	return b.String()
 }
 
-// ParseSubjectToken reverses SubjectToken: it returns the (lower-cased) id of a token.
+const hexDigits = "0123456789ABCDEF"
+
+// ParseSubjectToken reverses SubjectToken: it returns the (lower-cased) id of a token. A "%"
+// not followed by two hex digits is kept as it is.
 func ParseSubjectToken(token string) string {
-	return strings.ReplaceAll(strings.ReplaceAll(token, "%2E", "."), "%2e", ".")
+	if !strings.Contains(token, "%") {
+		return token
+	}
+	var b strings.Builder
+	for i := 0; i < len(token); i++ {
+		if token[i] == '%' && i+2 < len(token) {
+			hi, ok1 := unhex(token[i+1])
+			lo, ok2 := unhex(token[i+2])
+			if ok1 && ok2 {
+				b.WriteByte(hi<<4 | lo)
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(token[i])
+	}
+	return b.String()
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // Subject returns the subject "<prefix>.<kind>.<token>" of the event about id.
