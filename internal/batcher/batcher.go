@@ -35,7 +35,11 @@
 //     409201; because a failed event holds its key, B would follow A to the dead-letter stream;
 //     the merged create fails with the same 409201 and both events go there.
 //
-// Both rules assume the caller's hold policy: a failed event holds its key so later events of
+// Both rules rely on two properties of the caller (internal/consumer with internal/applier):
+// an update is applied unconditionally (PUT If-Match: *, the event's etag is not a condition;
+// updateIfMatchETag is the conditional form), and the caller applies an entry with the
+// entry's Op (Batch.Op), not the op of the event in Value: after R2, Value is the update event
+// but the entry is a create. They also rely on the caller's hold policy: a failed event holds its key so later events of
 // the key follow it to the dead-letter stream. A caller that lets later events continue after a
 // failure must turn coalescing off, because R2 would then drop B's independent update.
 //
