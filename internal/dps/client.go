@@ -62,6 +62,8 @@ type ClientOptions struct {
 	// request (default DefaultAPIVersion). Retry defaults differ from azcore's: StatusCodes
 	// RetryStatusCodes(), RetryDelay DefaultRetryDelay, MaxRetryDelay DefaultMaxRetryDelay;
 	// MaxRetries keeps azcore's default of 3. TracingProvider is not used: see TracerProvider.
+	// azcore's logging redacts the Authorization header, but Logging.IncludeBody would log
+	// enrollment bodies, symmetric keys included: do not set it in production.
 	azcore.ClientOptions
 
 	// TracerProvider provides the OpenTelemetry tracer; nil means otel.GetTracerProvider().

@@ -2,9 +2,19 @@ package dps
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"io"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -273,4 +283,78 @@ func TestRetryAfterParsing(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRegisterX509OverTLS registers a device whose identity is the TLS client certificate
+// configured in the transport; the service sees the certificate and no Authorization header.
+func TestRegisterX509OverTLS(t *testing.T) {
+	cert := selfSignedClientCert(t, "x509-dev-1")
+	var mu sync.Mutex
+	var sawCN, sawAuth string
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			sawCN = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
+		sawAuth = r.Header.Get("Authorization")
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"operationId":"op","status":"assigned","registrationState":{"registrationId":"x509-dev-1","status":"assigned","assignedHub":"h","x509":{"certificateInfo":{"subjectName":"CN=x509-dev-1","sha1Thumbprint":"A","sha256Thumbprint":"B","issuerName":"CN=x509-dev-1","notBeforeUtc":"2023-05-19T23:10:43Z","notAfterUtc":"2024-05-19T23:10:43Z","serialNumber":"0A","version":3}}}}`)
+	}))
+	srv.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	base := srv.Client().Transport.(*http.Transport).Clone()
+	base.TLSClientConfig.Certificates = []tls.Certificate{cert}
+	hc := &http.Client{Transport: base}
+	t.Cleanup(hc.CloseIdleConnections)
+	d, err := NewDeviceClient(srv.URL, testIDScope, &DeviceClientOptions{ClientOptions: policy.ClientOptions{Transport: hc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := d.Register(context.Background(), "x509-dev-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sawCN != "x509-dev-1" || sawAuth != "" {
+		t.Errorf("service saw certificate CN %q and Authorization %q, want x509-dev-1 and none", sawCN, sawAuth)
+	}
+	if x := resp.RegistrationState.X509; x == nil || x.CertificateInfo == nil || x.CertificateInfo.SubjectName != "CN=x509-dev-1" {
+		t.Errorf("got %+v, want the certificate info", resp.RegistrationState)
+	}
+}
+
+func selfSignedClientCert(t *testing.T, cn string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(10),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestAPIVersionOption(t *testing.T) {
+	f := &fake{replies: []reply{{status: 200, body: `{"registrationId":"a"}`}}}
+	c := newInProcessClient(t, f, &ClientOptions{ClientOptions: policy.ClientOptions{APIVersion: "2019-03-31"}})
+	if _, err := c.GetEnrollment(context.Background(), "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.requests()[0].Query.Get("api-version"); got != "2019-03-31" {
+		t.Errorf("api-version: got %q, want 2019-03-31", got)
+	}
 }
