@@ -146,19 +146,20 @@ func newClient(endpoint string, auth policy.Policy, opts *ClientOptions) (*Clien
 var loggedHeaders = []string{"x-ms-continuation", "x-ms-max-item-count", "x-ms-item-type", "x-ms-error-code", "Retry-After", "Location"}
 
 // checkEndpoint validates endpoint and returns it without a trailing slash, and its host.
+// Its errors never quote endpoint: a connection string passed by mistake must not leak.
 func checkEndpoint(endpoint string) (string, string, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil {
-		return "", "", fmt.Errorf("dps: endpoint: %w", err)
+		return "", "", errors.New("dps: endpoint is not a valid URL")
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
-		return "", "", fmt.Errorf("dps: endpoint %q: scheme must be https (or http for tests)", endpoint)
+		return "", "", errors.New("dps: endpoint must be an https URL (or http, for tests)")
 	}
 	if u.Host == "" {
-		return "", "", fmt.Errorf("dps: endpoint %q has no host", endpoint)
+		return "", "", errors.New("dps: endpoint has no host")
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return "", "", fmt.Errorf("dps: endpoint %q must not have user info, query or fragment", u.Redacted())
+		return "", "", errors.New("dps: endpoint must not have user info, query or fragment")
 	}
 	return strings.TrimRight(endpoint, "/"), u.Host, nil
 }

@@ -139,10 +139,8 @@ func oneLine(s string) string {
 // body's errorCode (or code), else from the x-ms-error-code header: azcore alone would only
 // look at the header or at error.code, which DPS does not use.
 func newServiceError(op string, resp *http.Response) error {
-	body, err := runtime.Payload(resp)
-	if err != nil {
-		return fmt.Errorf("dps: %s: read error response: %w", op, err)
-	}
+	// A body that cannot be read leaves the error without details, not without status.
+	body, _ := runtime.Payload(resp)
 	var details *ProvisioningServiceErrorDetails
 	code := ""
 	if d, ok := decodeErrorBody(body); ok {

@@ -135,6 +135,18 @@ func TestNoSecretLeaks(t *testing.T) {
 		record("bad connection string", err)
 	}
 
+	// A connection string passed where an endpoint belongs.
+	rightConn := "HostName=" + u.Host + ";SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=" + rightKey
+	addSecret(rightConn)
+	_, err = NewClient(rightConn, &fakeTokenCredential{}, opts)
+	record("connection string as endpoint (Entra)", err)
+	_, err = NewClientWithSharedKey(rightConn, &SharedAccessKeyCredential{}, opts)
+	record("connection string as endpoint (shared key)", err)
+	_, err = NewDeviceClient(rightConn, "scope", nil)
+	record("connection string as device endpoint", err)
+	_, err = NewDeviceClient("https://"+rightConn, "scope", nil)
+	record("connection string as device endpoint with scheme", err)
+
 	// A failing transport (server gone).
 	down := newTLSServer(t, f)
 	downURL := down.URL
