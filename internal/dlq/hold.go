@@ -240,6 +240,16 @@ func (x *HoldIndex) Holds(ctx context.Context, key string, position uint64) (blo
 	return h.Seq, held, err
 }
 
+// Held is Blocker in the shape of the worker's hold check: the reason for the event's
+// letter of class held ("held behind dead letter <seq> (<reason>)") and whether it is held.
+func (x *HoldIndex) Held(ctx context.Context, key string, position uint64) (reason string, held bool, err error) {
+	h, held, err := x.Blocker(ctx, key, position)
+	if err != nil || !held {
+		return "", false, err
+	}
+	return h.HeldReason(), true, nil
+}
+
 // Blocker returns the earliest letter of key with a position lower than position, if the
 // stream still holds one. A "no" from the index is answered without a round trip; a "yes"
 // is confirmed by reading that letter from the stream, and when it is gone (replayed,

@@ -47,6 +47,13 @@ func TestHoldIndex(t *testing.T) {
 		t.Errorf("Blocker: got %+v %v %v, want the create's letter", h, held, err)
 	}
 
+	if reason, held, err := x.Held(e.ctx, "enrollment/a", 13); err != nil || !held || reason != h.HeldReason() {
+		t.Errorf("Held: got %q %v %v, want %q", reason, held, err, h.HeldReason())
+	}
+	if reason, held, err := x.Held(e.ctx, "enrollment/a", 5); err != nil || held || reason != "" {
+		t.Errorf("Held before the letter: got %q %v %v, want not held", reason, held, err)
+	}
+
 	// The worker's own letters are learned through the publisher.
 	pub, err := NewPublisher(e.js, PublisherOptions{WorkerID: "w1", Index: x})
 	if err != nil {

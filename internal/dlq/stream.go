@@ -113,11 +113,24 @@ func openStream(ctx context.Context, js jetstream.JetStream, name string) (jetst
 		return nil, errors.New("dlq: no JetStream context")
 	}
 	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, &streamNotFoundError{name: name}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dlq stream %s: %w", name, err)
 	}
 	return s, nil
 }
+
+// streamNotFoundError says plainly that the stream does not exist (the server's text is
+// "API error: code=404 …"); it matches jetstream.ErrStreamNotFound with errors.Is.
+type streamNotFoundError struct{ name string }
+
+func (e *streamNotFoundError) Error() string {
+	return "dlq stream " + e.name + " not found (does the name match the worker's, and has a worker run?)"
+}
+
+func (e *streamNotFoundError) Unwrap() error { return jetstream.ErrStreamNotFound }
 
 // scanBatch is the number of letters fetched per request while scanning.
 const scanBatch = 512
