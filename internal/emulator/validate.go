@@ -45,7 +45,8 @@ func decodeJSON(body []byte, v any) *apiError {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		field := te.Field
+		// Embedded wire types show up in the path by their Go names; clients know JSON names.
+		field := strings.NewReplacer("IndividualEnrollment.", "", "EnrollmentGroup.", "").Replace(te.Field)
 		if field == "" {
 			field = "body"
 		}
