@@ -82,6 +82,11 @@
 // nearly the same rate (drift over one TTL is far below SafetyMargin) and the bucket to keep
 // acknowledged writes (file storage; R3 in a cluster).
 //
+// One window stays: a pause that hits after the caller's Owns check and before its request
+// leaves the process. Keep that window tiny by checking Owns as late as possible — in an
+// azcore pipeline policy that runs right before the transport sends, rather than before
+// building a batch.
+//
 // # Use
 //
 //	m, err := membership.New(ctx, js, membership.Options{Partitions: 16, OnChange: apply})

@@ -27,6 +27,9 @@ const (
 	testRenew  = 250 * time.Millisecond
 	testDrain  = 500 * time.Millisecond
 	testParts  = 16
+	// slack is added to liveness deadlines (takeover, handover): the machine running the
+	// tests may be loaded. Safety checks (fencing order, no two owners) have no slack.
+	slack = time.Second
 )
 
 // fleet is a real JetStream server and the members started on it.

@@ -74,7 +74,7 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
 	left := owned(c.Membership)
 	c.close()
-	took := eventually(t, testRenew, func() bool {
+	took := eventually(t, testRenew+slack, func() bool {
 		for _, p := range left {
 			_, okA := a.Owns(p)
 			_, okB := b.Owns(p)
@@ -86,7 +86,7 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	}, "handover of %v to a and b", left)
 	// The fair-share bound may also move a partition between a and b: without OnChange
 	// that costs a SafetyMargin.
-	all := eventually(t, testRenew+testMargin, func() bool { return fair(a, b) }, "fair split of a and b")
+	all := eventually(t, testRenew+testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
 	t.Logf("handover after Close: %v, fair again after %v", took, took+all)
 	if got := a.Members(); got != 2 {
 		t.Errorf("got Members %d, want 2", got)
@@ -102,8 +102,18 @@ func TestCrashIsTakenOverWithinTTL(t *testing.T) {
 	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
 	lost := owned(c.Membership)
 	c.stopRun() // kill -9: no release, no member delete
-	took := eventually(t, testTTL+testRenew, func() bool { return fair(a, b) }, "takeover of %v", lost)
-	t.Logf("takeover after crash: %v (TTL %v)", took, testTTL)
+	took := eventually(t, testTTL+testRenew+slack, func() bool {
+		for _, p := range lost {
+			_, okA := a.Owns(p)
+			_, okB := b.Owns(p)
+			if !okA && !okB {
+				return false
+			}
+		}
+		return true
+	}, "takeover of %v", lost)
+	all := eventually(t, testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
+	t.Logf("takeover after crash: %v (TTL %v), fair again after %v", took, testTTL, took+all)
 	if took < testTTL-testRenew-testMargin {
 		t.Errorf("took over after %v: before the TTL %v could have run out", took, testTTL)
 	}
@@ -177,7 +187,7 @@ func TestDrainTimeoutFencesThenReleases(t *testing.T) {
 	eventually(t, 3*testTTL, func() bool { return len(owned(a.Membership)) == testParts }, "a owns all")
 	joined := time.Now()
 	b := f.join("b", nil)
-	eventually(t, testDrain+testMargin+testTTL, func() bool { return fair(a, b) }, "fair split after drain timeout")
+	eventually(t, testDrain+testMargin+slack, func() bool { return fair(a, b) }, "fair split after drain timeout")
 	if took := time.Since(joined); took < testDrain+testMargin {
 		t.Errorf("handover after %v, want ≥ DrainTimeout + SafetyMargin = %v", took, testDrain+testMargin)
 	}
@@ -200,31 +210,31 @@ func TestPausedMemberIsFencedBeforeTakeover(t *testing.T) {
 		old[l.Partition] = l.Epoch
 	}
 	c.stopRun() // paused: no renewals, no watch; its clock keeps going
-	// Per partition: when c stopped owning it, when a or b started.
+	// Per partition: when c was first seen not owning it, when a or b were first seen owning
+	// it. A poll checks a and b first, then c: c owning p after a or b did is a violation.
 	cFalse, othersOwn := map[int]time.Time{}, map[int]time.Time{}
-	eventually(t, testTTL+testRenew, func() bool {
+	eventually(t, testTTL+testRenew+slack, func() bool {
 		for p := range old {
-			now := time.Now()
-			if _, ok := c.Owns(p); !ok && cFalse[p].IsZero() {
-				cFalse[p] = now
-			}
 			_, okA := a.Owns(p)
 			_, okB := b.Owns(p)
+			now := time.Now()
+			_, okC := c.Owns(p)
+			if (okA || okB) && okC {
+				t.Fatalf("partition %d: paused member still owns it after a or b acquired it", p)
+			}
 			if (okA || okB) && othersOwn[p].IsZero() {
 				othersOwn[p] = now
+			}
+			if !okC && cFalse[p].IsZero() {
+				cFalse[p] = time.Now()
 			}
 		}
 		return len(othersOwn) == len(old)
 	}, "takeover of the paused member's partitions")
 	for p := range old {
-		if cFalse[p].IsZero() || !cFalse[p].Before(othersOwn[p]) {
-			t.Errorf("partition %d: paused member fenced at %v, others owned at %v: want fenced first",
-				p, cFalse[p].Format(time.StampMicro), othersOwn[p].Format(time.StampMicro))
-			continue
-		}
-		t.Logf("partition %d: paused member fenced %v before the takeover", p, othersOwn[p].Sub(cFalse[p]))
+		t.Logf("partition %d: paused member seen fenced %v before the takeover was seen", p, othersOwn[p].Sub(cFalse[p]))
 	}
-	eventually(t, testTTL+testRenew, func() bool { return fair(a, b) }, "full takeover")
+	eventually(t, testTTL+testRenew+slack, func() bool { return fair(a, b) }, "full takeover")
 
 	c.run() // resumed
 	for p, e := range old {
@@ -248,16 +258,19 @@ func TestOwnsTurnsFalseWhenTheBucketIsUnreachable(t *testing.T) {
 	f := newFleet(t)
 	a := f.join("a", nil)
 	eventually(t, 3*testTTL, func() bool { return len(owned(a.Membership)) == testParts }, "a owns all")
+	down := time.Now()
 	f.srv.Shutdown()
-	took := eventually(t, testTTL, func() bool { return len(owned(a.Membership)) == 0 }, "fenced without the server")
-	if took > testTTL-testMargin+50*time.Millisecond {
-		t.Errorf("fenced after %v, want ≤ LeaseTTL − SafetyMargin = %v", took, testTTL-testMargin)
+	// No renewal can have been sent after down: from down + TTL − margin on, Owns must be
+	// false (checking later than that instant is as good, so load cannot fail this).
+	time.Sleep(time.Until(down.Add(testTTL - testMargin)))
+	if got := owned(a.Membership); len(got) != 0 {
+		t.Errorf("got Owns true for %v at LeaseTTL − SafetyMargin after the server went down", got)
 	}
-	eventually(t, testRenew, func() bool { return a.Stats().Lost == testParts }, "16 leases counted lost, got %+v", a.Stats())
+	eventually(t, testRenew+slack, func() bool { return a.Stats().Lost == testParts }, "16 leases counted lost, got %+v", a.Stats())
 	stopped := time.Now()
 	a.stopRun()
-	if took := time.Since(stopped); took > 2*testRenew {
-		t.Errorf("Run took %v to stop without a server, want ≤ %v", took, 2*testRenew)
+	if took := time.Since(stopped); took > 2*testRenew+slack {
+		t.Errorf("Run took %v to stop without a server, want ≤ %v", took, 2*testRenew+slack)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*testRenew)
 	defer cancel()
@@ -265,8 +278,8 @@ func TestOwnsTurnsFalseWhenTheBucketIsUnreachable(t *testing.T) {
 	if err := a.Close(ctx); err == nil {
 		t.Error("got Close nil without a server, want an error")
 	}
-	if took := time.Since(stopped); took > 3*testRenew+50*time.Millisecond {
-		t.Errorf("Close took %v without a server, want ≤ %v", took, 3*testRenew)
+	if took := time.Since(stopped); took > 3*testRenew+slack {
+		t.Errorf("Close took %v without a server, want ≤ %v", took, 3*testRenew+slack)
 	}
 	// The watch's consumer delete times out after nats.go's default 5s.
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)

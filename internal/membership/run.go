@@ -311,11 +311,19 @@ func (m *Membership) renew(ctx context.Context) {
 		}
 		v, _ := json.Marshal(leaseValue{Owner: m.o.WorkerID, Epoch: d.epoch})
 		sent := m.o.Clock.Now()
+		m.mu.Lock()
+		l := m.held[d.p]
+		lapsed := l == nil || !sent.Before(m.validUntil(l))
+		m.mu.Unlock()
+		if lapsed {
+			// Too late: a lapsed lease is never revived under its epoch (expire drops it).
+			continue
+		}
 		rctx, cancel := m.request(ctx)
 		rev, err := m.kv.Update(rctx, leaseKey(d.p), v, d.rev)
 		cancel()
 		m.mu.Lock()
-		l := m.held[d.p]
+		l = m.held[d.p]
 		switch {
 		case l == nil || l.rev != d.rev:
 		case err == nil:
