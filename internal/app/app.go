@@ -1,0 +1,180 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dpsync/dpsync/internal/applier"
+	"github.com/dpsync/dpsync/internal/consumer"
+	"github.com/dpsync/dpsync/internal/telemetry"
+)
+
+// Run runs a worker until ctx ends, then stops it gracefully within ShutdownTimeout:
+// no more pulls, in-flight DPS calls and dead letters finish, events are acknowledged, the
+// NATS connection drains. It returns nil after a clean stop.
+func Run(ctx context.Context, o Options) error {
+	if err := o.setDefaults(); err != nil {
+		return err
+	}
+	log := o.Logger.With("component", "app", "worker", o.WorkerID)
+	var td teardown
+	defer td.run(log, o.ShutdownTimeout)
+
+	tel, err := telemetry.New()
+	if err != nil {
+		return err
+	}
+	td.add("telemetry", tel.Shutdown)
+
+	nc, natsURL, err := connectNATS(ctx, &o, &td)
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	dpsConn, err := connectDPS(ctx, &o, tel, &td)
+	if err != nil {
+		return err
+	}
+
+	stream, err := consumer.EnsureStream(ctx, js, o.Stream)
+	if err != nil {
+		return err
+	}
+	dl, err := newDeadLetters(ctx, js, &o)
+	if err != nil {
+		return err
+	}
+
+	fleet, err := startFleet(ctx, js, &o, &td)
+	if err != nil {
+		return err
+	}
+
+	ap, err := applier.New(dpsConn.adapter, applier.Options{
+		BeforeCall: fleet.beforeCall,
+		AfterCall:  fleet.afterCall,
+	})
+	if err != nil {
+		return err
+	}
+	decode, err := eventDecoder()
+	if err != nil {
+		return err
+	}
+	metrics, err := consumer.NewMetrics(tel.Meter("dpsync/consumer"))
+	if err != nil {
+		return err
+	}
+	eng, err := consumer.NewEngine(consumer.Options{
+		Stream:      o.Stream,
+		Batcher:     o.Batcher,
+		Decode:      decode,
+		Apply:       ap,
+		DeadLetters: dl,
+		HoldPolicy:  o.HoldPolicy,
+		Retry:       o.Retry,
+		KeepAlive:   keepAliveFor(o.Consumer.AckWait),
+		Fence:       fleet.fence,
+		WorkerID:    o.WorkerID,
+		Logger:      o.Logger.With("component", "consumer"),
+		Tracer:      tel.Tracer("dpsync/consumer"),
+		Metrics:     metrics,
+	})
+	if err != nil {
+		return err
+	}
+
+	engCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardStop()
+	engDone := make(chan error, 1)
+	go func() { engDone <- eng.Run(engCtx) }()
+
+	parts := newPartitionManager(stream, eng, fleet, &o)
+	if err := registerFleetMetrics(tel.Meter("dpsync/fleet"), fleet, parts); err != nil {
+		hardStop()
+		<-engDone
+		return err
+	}
+	fleet.onChange(parts.apply)
+
+	redriveDone := startRedrive(ctx, js, &o, fleet, dl, log)
+
+	httpAddr := ""
+	if o.HTTPAddr != "" {
+		checks := []readiness{
+			{"nats", func(context.Context) error {
+				if nc.Status() != nats.CONNECTED {
+					return fmt.Errorf("NATS connection is %s", nc.Status())
+				}
+				return nil
+			}},
+			{"stream", func(ctx context.Context) error {
+				_, err := stream.Info(ctx)
+				return err
+			}},
+		}
+		httpAddr, err = serveHTTP(o.HTTPAddr, tel.Handler(), checks, &td)
+		if err != nil {
+			hardStop()
+			<-engDone
+			return fmt.Errorf("http %s: %w", o.HTTPAddr, err)
+		}
+	}
+	log.Info("worker running", "nats", natsURL, "stream", o.Stream.WithDefaults().Name,
+		"publish_to", o.Stream.WithDefaults().Prefix+".<enrollment|group>.<id>", "dlq", o.DLQStream,
+		"dps", dpsConn.endpoint, "http", httpAddr)
+	if o.OnReady != nil {
+		o.OnReady(Info{
+			NATSURL: natsURL, Stream: o.Stream.WithDefaults().Name, SubjectPrefix: o.Stream.WithDefaults().Prefix,
+			DLQStream: o.DLQStream, DPSEndpoint: dpsConn.endpoint, EmulatorURL: dpsConn.emulatorURL,
+			EmulatorCAFile: dpsConn.emulatorCA, HTTPAddr: httpAddr, DPS: dpsConn.client,
+		})
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stop requested: finishing in-flight work", "timeout", o.ShutdownTimeout)
+	case runErr = <-engDone:
+		engDone = nil
+		if runErr == nil {
+			runErr = errors.New("engine stopped unexpectedly")
+		}
+	}
+	// Graceful stop: leases go after the engine stopped touching DPS.
+	stopCtx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+	defer cancel()
+	if engDone != nil {
+		eng.Stop()
+		select {
+		case runErr = <-engDone:
+		case <-stopCtx.Done():
+			log.Warn("graceful stop timed out; unacknowledged events will be redelivered")
+			hardStop()
+			runErr = <-engDone
+		}
+	}
+	<-redriveDone
+	fleet.close(stopCtx)
+	if runErr != nil && !errors.Is(runErr, context.Canceled) {
+		return runErr
+	}
+	log.Info("worker stopped cleanly")
+	return nil
+}
+
+func keepAliveFor(ackWait time.Duration) time.Duration {
+	if ackWait == 0 {
+		ackWait = 15 * time.Second
+	}
+	return ackWait / 3
+}

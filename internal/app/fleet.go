@@ -1,0 +1,272 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/dpsync/dpsync/internal/consumer"
+	"github.com/dpsync/dpsync/internal/membership"
+	"github.com/dpsync/dpsync/internal/pacer"
+)
+
+// fleet is this worker's place among the others: partition leases and its share of the
+// DPS quota.
+type fleet struct {
+	m    *membership.Membership
+	pace *pacer.Pacer
+
+	mu       sync.Mutex
+	listener func(membership.Assignment)
+	last     *membership.Assignment
+	runDone  chan struct{}
+	cancel   context.CancelFunc
+}
+
+func startFleet(ctx context.Context, js jetstream.JetStream, o *Options, td *teardown) (*fleet, error) {
+	f := &fleet{runDone: make(chan struct{})}
+	m, err := membership.New(ctx, js, membership.Options{
+		Replicas:   o.Stream.WithDefaults().Replicas,
+		WorkerID:   o.WorkerID,
+		Partitions: o.Stream.WithDefaults().Partitions,
+		LeaseTTL:   o.LeaseTTL,
+		Logger:     o.Logger.With("component", "membership"),
+		OnChange:   f.changed,
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.m = m
+	budget := o.QuotaPerMinute
+	if budget < 0 {
+		budget = 0 // unlimited
+	}
+	f.pace, err = pacer.New(pacer.Options{Budget: budget, Members: m.Members})
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.cancel = cancel
+	go func() {
+		defer close(f.runDone)
+		_ = m.Run(runCtx)
+	}()
+	td.add("membership", func(ctx context.Context) error { return f.close(ctx) })
+	return f, nil
+}
+
+// changed receives assignments from membership and hands them to the listener.
+func (f *fleet) changed(a membership.Assignment) {
+	f.mu.Lock()
+	f.last = &a
+	l := f.listener
+	f.mu.Unlock()
+	if l != nil {
+		l(a)
+	}
+}
+
+// onChange sets the assignment listener and replays the latest assignment to it.
+func (f *fleet) onChange(l func(membership.Assignment)) {
+	f.mu.Lock()
+	f.listener = l
+	last := f.last
+	f.mu.Unlock()
+	if last != nil {
+		l(*last)
+	} else {
+		l(f.m.Assignment())
+	}
+}
+
+func (f *fleet) fence(p int, epoch uint64) bool {
+	e, ok := f.m.Owns(p)
+	return ok && e == epoch
+}
+
+func (f *fleet) beforeCall(ctx context.Context, _ string) error { return f.pace.Wait(ctx, 1) }
+
+func (f *fleet) afterCall(_ string, err error) {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
+		f.pace.OnThrottle()
+		return
+	}
+	if err == nil {
+		f.pace.OnSuccess()
+	}
+}
+
+func (f *fleet) close(ctx context.Context) error {
+	err := f.m.Close(ctx)
+	f.cancel()
+	<-f.runDone
+	return err
+}
+
+// partitionManager attaches the partitions this worker owns to the engine and detaches
+// the others: gracefully (finish, then release the lease) when they are handed over, at once
+// when they were lost.
+type partitionManager struct {
+	stream jetstream.Stream
+	eng    *consumer.Engine
+	fleet  *fleet
+	o      *Options
+
+	mu       sync.Mutex
+	active   map[int]uint64 // attached or starting partition → epoch
+	draining map[int]bool
+}
+
+func newPartitionManager(s jetstream.Stream, eng *consumer.Engine, f *fleet, o *Options) *partitionManager {
+	return &partitionManager{stream: s, eng: eng, fleet: f, o: o, active: map[int]uint64{}, draining: map[int]bool{}}
+}
+
+func (pm *partitionManager) apply(a membership.Assignment) {
+	want := make(map[int]membership.Lease, len(a.Leases))
+	for _, l := range a.Leases {
+		want[l.Partition] = l
+	}
+	pm.mu.Lock()
+	defer pm.mu.Unlock()
+	for p, epoch := range pm.active {
+		l, ok := want[p]
+		switch {
+		case !ok || l.Epoch != epoch:
+			delete(pm.active, p)
+			delete(pm.draining, p)
+			pm.eng.Detach(p, false, nil)
+		case l.Draining && !pm.draining[p]:
+			pm.draining[p] = true
+			pm.eng.Detach(p, true, func() {
+				pm.fleet.m.Release(p)
+				pm.mu.Lock()
+				if pm.active[p] == epoch {
+					delete(pm.active, p)
+				}
+				delete(pm.draining, p)
+				pm.mu.Unlock()
+			})
+		}
+	}
+	for p, l := range want {
+		if l.Draining {
+			continue
+		}
+		if _, ok := pm.active[p]; ok {
+			continue
+		}
+		pm.active[p] = l.Epoch
+		go pm.start(p, l.Epoch)
+	}
+}
+
+// start attaches partition p once the previous owner's unacknowledged events can come back
+// first: right away when it handed over cleanly (nothing pending), else after AckWait, when
+// the server redelivers them ahead of newer events.
+func (pm *partitionManager) start(p int, epoch uint64) {
+	log := pm.o.Logger.With("component", "partitions", "partition", p, "epoch", epoch)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cons, err := consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
+	if err != nil {
+		log.Error("partition consumer", "err", err)
+		pm.forget(p, epoch)
+		return
+	}
+	ackWait := pm.o.Consumer.AckWait
+	if ackWait == 0 {
+		ackWait = 15 * time.Second
+	}
+	deadline := time.Now().Add(ackWait + time.Second)
+	for {
+		if !pm.fleet.fence(p, epoch) {
+			pm.forget(p, epoch)
+			return
+		}
+		info, err := cons.Info(ctx)
+		if err == nil && info.NumAckPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	pm.mu.Lock()
+	defer pm.mu.Unlock()
+	if pm.active[p] != epoch || !pm.fleet.fence(p, epoch) {
+		return
+	}
+	if err := pm.eng.Attach(p, epoch, cons, pm.o.Read); err != nil {
+		log.Error("attach partition", "err", err)
+		delete(pm.active, p)
+	}
+}
+
+func (pm *partitionManager) forget(p int, epoch uint64) {
+	pm.mu.Lock()
+	defer pm.mu.Unlock()
+	if pm.active[p] == epoch {
+		delete(pm.active, p)
+	}
+}
+
+// registerFleetMetrics exposes what an autoscaler reads: partitions owned, rebalances,
+// members, pending events per owned partition.
+func registerFleetMetrics(m metric.Meter, f *fleet, pm *partitionManager) error {
+	owned, err := m.Int64ObservableGauge("dpsync.partitions.owned", metric.WithDescription("Partitions this worker owns."))
+	if err != nil {
+		return err
+	}
+	members, err := m.Int64ObservableGauge("dpsync.fleet.members", metric.WithDescription("Live workers."))
+	if err != nil {
+		return err
+	}
+	rebalances, err := m.Int64ObservableCounter("dpsync.rebalances", metric.WithDescription("Changes of the partition assignment seen."))
+	if err != nil {
+		return err
+	}
+	pending, err := m.Int64ObservableGauge("dpsync.partition.pending", metric.WithDescription("Events not yet delivered, per owned partition."))
+	if err != nil {
+		return err
+	}
+	rate, err := m.Float64ObservableGauge("dpsync.dps.rate_per_minute", metric.WithDescription("This worker's DPS operation pace."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		st := f.m.Stats()
+		o.ObserveInt64(owned, int64(st.Owned))
+		o.ObserveInt64(members, int64(st.Members))
+		o.ObserveInt64(rebalances, int64(st.Rebalances))
+		o.ObserveFloat64(rate, f.pace.Rate())
+		pm.mu.Lock()
+		parts := make([]int, 0, len(pm.active))
+		for p := range pm.active {
+			parts = append(parts, p)
+		}
+		pm.mu.Unlock()
+		for _, p := range parts {
+			c, err := pm.stream.Consumer(ctx, pm.o.Stream.ConsumerName(p))
+			if err != nil {
+				continue
+			}
+			info, err := c.Info(ctx)
+			if err != nil {
+				continue
+			}
+			o.ObserveInt64(pending, int64(info.NumPending)+int64(info.NumAckPending),
+				metric.WithAttributes(attribute.Int("partition", p)))
+		}
+		return nil
+	}, owned, members, rebalances, pending, rate)
+	return err
+}
