@@ -18,7 +18,9 @@
 // at a cost of M·b operations per minute (3 workers, B = 1,000: b = 5, r = 328.3, the fleet
 // runs at 985/min, 98.5 %). The bucket starts empty and never holds more than b, so idle time
 // does not build up a burst. Membership changes are seen by all workers within a watch
-// delivery; a dead worker keeps being counted (more conservative) until its lease expires.
+// delivery (a joiner, which counts itself at once, starts with an empty bucket, which more
+// than covers those milliseconds); a dead worker keeps being counted (more conservative)
+// until its lease expires.
 // The AIMD factor f ∈ (0, 1] scales r: a 429 halves it (at most once per CutEvery, default
 // 1 s, and empties the bucket), and while calls succeed it grows by 5 % of the fair share
 // every RaiseEvery (default 10 s) back to 1. The rate never goes below MinRate per minute.
