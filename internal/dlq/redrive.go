@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -62,9 +63,20 @@ type RedriverOptions struct {
 //     "park.<old seq>", deduplicated if a crash repeats it), then the old letter removed.
 //   - anything else (permanent, invalid, held, not due): left alone, and so is the rest
 //     of the key, so nothing overtakes it.
+//
+// A pass reads the stream's headers only when the stream changed since the previous pass
+// (one stream-info round trip otherwise), so a large stream of parked letters costs little.
+// RunOnce must not be called concurrently.
 type Redriver struct {
 	opts   RedriverOptions
 	logger *slog.Logger
+
+	mu    sync.Mutex
+	cache struct {
+		valid         bool
+		lastSeq, msgs uint64
+		letters       []Letter
+	}
 }
 
 // NewRedriver returns a Redriver.
@@ -129,7 +141,7 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 	if err != nil {
 		return RedriveReport{}, fmt.Errorf("redrive: %w", err)
 	}
-	all, err := st.all(ctx)
+	all, err := r.letters(ctx, st)
 	if err != nil {
 		return RedriveReport{}, fmt.Errorf("redrive: %w", err)
 	}
@@ -195,6 +207,30 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 		errs = append(errs, err)
 	}
 	return rep, errors.Join(errs...)
+}
+
+// letters returns the stream's letters (headers only), from the cache when the stream's
+// last sequence and message count did not change since the cache was filled: any new
+// letter raises the one, any removal lowers the other.
+func (r *Redriver) letters(ctx context.Context, st *Store) ([]Letter, error) {
+	info, err := st.s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	c := r.cache
+	r.mu.Unlock()
+	if c.valid && c.lastSeq == info.State.LastSeq && c.msgs == info.State.Msgs {
+		return c.letters, nil
+	}
+	all, err := st.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.cache.valid, r.cache.lastSeq, r.cache.msgs, r.cache.letters = true, info.State.LastSeq, info.State.Msgs, all
+	r.mu.Unlock()
+	return all, nil
 }
 
 // park replaces the transient letter l by a permanent one with l's failure in its history.
