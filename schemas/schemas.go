@@ -18,3 +18,10 @@ var files embed.FS
 
 // FS returns the schema files (read-only).
 func FS() fs.FS { return files }
+
+//go:embed examples/demo.jsonl
+var demo []byte
+
+// DemoEvents returns the bundled example events (examples/demo.jsonl) that `worker demo`
+// publishes: JSONL, one event per line, two of them deliberately bad.
+func DemoEvents() []byte { return append([]byte(nil), demo...) }

@@ -98,7 +98,7 @@ func Run(ctx context.Context, o Options) error {
 	engDone := make(chan error, 1)
 	go func() { engDone <- eng.Run(engCtx) }()
 
-	parts := newPartitionManager(stream, eng, fleet, &o)
+	parts := newPartitionManager(stream, eng, fleet, dl, &o)
 	if err := registerFleetMetrics(tel.Meter("dpsync/fleet"), fleet, parts); err != nil {
 		hardStop()
 		<-engDone

@@ -83,11 +83,11 @@ func newStack(t *testing.T, emuOpts emulator.Options) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { emu.Close() })
-	hc, err := httpClient(emu.CAFile())
+	hc, err := HTTPClient(emu.CAFile())
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcoreOpts(hc)})
+	client, err := dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcoreOpts(hc, 10*time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,8 @@ func (s *stack) worker(mod func(*Options)) (stop func() error) {
 		Batcher:             batcher.DefaultConfig(),
 		Retry:               consumer.RetryPolicy{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Budget: 30 * time.Second},
 		QuotaPerMinute:      -1,
-		LeaseTTL:            2 * time.Second,
+		LeaseTTL:            4 * time.Second,
+		DPSTryTimeout:       time.Second,
 		ShutdownTimeout:     20 * time.Second,
 		Logger:              slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -575,7 +576,7 @@ func setFaults(t *testing.T, s *stack, f emulator.Faults) {
 	b, _ := json.Marshal(f)
 	req, _ := http.NewRequest(http.MethodPut, s.emu.URL()+"/admin/faults", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
-	hc, _ := httpClient(s.emu.CAFile())
+	hc, _ := HTTPClient(s.emu.CAFile())
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -593,7 +594,7 @@ type emuCounters struct {
 
 func counters(t *testing.T, s *stack) emuCounters {
 	t.Helper()
-	hc, _ := httpClient(s.emu.CAFile())
+	hc, _ := HTTPClient(s.emu.CAFile())
 	resp, err := hc.Get(s.emu.URL() + "/admin/counters")
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/dpsync/dpsync/internal/applier"
+	"github.com/dpsync/dpsync/internal/consumer"
 	"github.com/dpsync/dpsync/internal/dps"
 	"github.com/dpsync/dpsync/internal/emulator"
 	"github.com/dpsync/dpsync/internal/telemetry"
@@ -52,12 +54,12 @@ func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *t
 		caFile = srv.CAFile()
 		log.Info("embedded DPS emulator started", "url", srv.URL(), "id_scope", srv.IDScope(), "ca_file", srv.CAFile())
 	}
-	transport, err := httpClient(caFile)
+	transport, err := HTTPClient(caFile)
 	if err != nil {
 		return nil, err
 	}
 	copts := &dps.ClientOptions{
-		ClientOptions:  azcoreOpts(transport),
+		ClientOptions:  azcoreOpts(transport, o.DPSTryTimeout),
 		TracerProvider: tel.TracerProvider(),
 		Logger:         o.Logger.With("component", "dps-client"),
 	}
@@ -83,15 +85,39 @@ func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *t
 
 // azcoreOpts are the worker's azcore options: the engine retries with a long budget, so
 // azcore's own retries stay few and short.
-func azcoreOpts(transport *http.Client) azcore.ClientOptions {
+// Each try is bounded by tryTimeout, under the lease safety margin, and re-checks the
+// partition fence right before it is sent.
+func azcoreOpts(transport *http.Client, tryTimeout time.Duration) azcore.ClientOptions {
 	return azcore.ClientOptions{
 		Transport: transport,
-		Retry:     policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 5 * time.Second},
+		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 5 * time.Second,
+			TryTimeout: tryTimeout},
+		PerRetryPolicies: []policy.Policy{fencePolicy{}},
 	}
 }
 
-// httpClient returns an HTTP client trusting the system roots plus caFile.
-func httpClient(caFile string) (*http.Client, error) {
+// leaseSafetyMargin is how long before its lease expires a worker stops using it: longer
+// than one DPS request (DPSTryTimeout), so a request that passed the fence check lands
+// before another worker can own the partition.
+func leaseSafetyMargin(o *Options) time.Duration { return o.DPSTryTimeout + time.Second }
+
+// errFenced is returned for a request whose partition lease was lost before it was sent.
+var errFenced = errors.New("partition lease lost: request not sent")
+
+// fencePolicy refuses to send a request whose context's fence says the worker no longer
+// owns the partitions it works for.
+type fencePolicy struct{}
+
+func (fencePolicy) Do(req *policy.Request) (*http.Response, error) {
+	if fence := consumer.FenceFrom(req.Raw().Context()); fence != nil && !fence() {
+		return nil, errFenced
+	}
+	return req.Next()
+}
+
+// HTTPClient returns an HTTP client for DPS trusting the system roots plus caFile (the
+// emulator certificate), if given.
+func HTTPClient(caFile string) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	if caFile != "" {

@@ -37,6 +37,10 @@ func startFleet(ctx context.Context, js jetstream.JetStream, o *Options, td *tea
 		WorkerID:   o.WorkerID,
 		Partitions: o.Stream.WithDefaults().Partitions,
 		LeaseTTL:   o.LeaseTTL,
+		// A request that passed the fence lands within dpsTryTimeout, under the margin.
+		SafetyMargin: leaseSafetyMargin(o),
+		// Two renewals fit in the usable part of a lease, so one lost renewal costs nothing.
+		RenewEvery: (o.LeaseTTL - leaseSafetyMargin(o)) / 3,
 		Logger:     o.Logger.With("component", "membership"),
 		OnChange:   f.changed,
 	})
@@ -118,6 +122,7 @@ type partitionManager struct {
 	stream jetstream.Stream
 	eng    *consumer.Engine
 	fleet  *fleet
+	dl     *deadLetters
 	o      *Options
 
 	mu       sync.Mutex
@@ -125,8 +130,8 @@ type partitionManager struct {
 	draining map[int]bool
 }
 
-func newPartitionManager(s jetstream.Stream, eng *consumer.Engine, f *fleet, o *Options) *partitionManager {
-	return &partitionManager{stream: s, eng: eng, fleet: f, o: o, active: map[int]uint64{}, draining: map[int]bool{}}
+func newPartitionManager(s jetstream.Stream, eng *consumer.Engine, f *fleet, dl *deadLetters, o *Options) *partitionManager {
+	return &partitionManager{stream: s, eng: eng, fleet: f, dl: dl, o: o, active: map[int]uint64{}, draining: map[int]bool{}}
 }
 
 func (pm *partitionManager) apply(a membership.Assignment) {
@@ -199,6 +204,13 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// The previous owner may have dead-lettered events of this partition since our index
+	// was loaded: learn them before any event of the partition is checked against it.
+	if err := pm.dl.index.Refresh(ctx); err != nil {
+		log.Error("refresh dead-letter index; partition not attached", "err", err)
+		pm.forget(p, epoch)
+		return
 	}
 	pm.mu.Lock()
 	defer pm.mu.Unlock()

@@ -116,11 +116,11 @@ func redactNATSErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	return errors.New(redactURLs(err.Error()))
+	return errors.New(RedactURLs(err.Error()))
 }
 
-// redactURLs replaces the user info of every URL in s.
-func redactURLs(s string) string {
+// RedactURLs replaces the user info (user:password@) of every URL in s.
+func RedactURLs(s string) string {
 	var b strings.Builder
 	for {
 		i := strings.Index(s, "://")

@@ -41,6 +41,9 @@ type Options struct {
 	DPSEndpoint         string // with Entra ID (DefaultAzureCredential)
 	DPSCAFile           string // extra CA to trust (the emulator's certificate)
 	DPSAPIVersion       string
+	// DPSTryTimeout bounds one DPS request (default 3 s). Leases stop being used this long
+	// plus 1 s before they expire (fencing), so LeaseTTL must be at least twice that.
+	DPSTryTimeout time.Duration
 	// EmulatorAddr is where the embedded emulator listens (default 127.0.0.1:0).
 	EmulatorAddr string
 
@@ -56,7 +59,8 @@ type Options struct {
 	// QuotaPerMinute is the DPS operation budget of the whole fleet (default 1,000; -1 =
 	// unlimited).
 	QuotaPerMinute int
-	// LeaseTTL bounds how long a dead worker's partitions stay unowned (default 10 s).
+	// LeaseTTL bounds how long a dead worker's partitions stay unowned (default 9 s, so
+	// takeover completes within 10 s; at least 2 × (DPSTryTimeout + 1 s)).
 	LeaseTTL time.Duration
 
 	// HTTPAddr serves /healthz, /readyz and /metrics ("" = off).
@@ -104,7 +108,10 @@ func (o *Options) setDefaults() error {
 		o.QuotaPerMinute = 1000
 	}
 	if o.LeaseTTL == 0 {
-		o.LeaseTTL = 10 * time.Second
+		o.LeaseTTL = 9 * time.Second // takeover ≈ TTL + one renewal round trip: within 10 s
+	}
+	if o.DPSTryTimeout == 0 {
+		o.DPSTryTimeout = 3 * time.Second
 	}
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = 30 * time.Second
@@ -132,8 +139,8 @@ func (o *Options) validate() error {
 	if o.QuotaPerMinute < -1 {
 		errs = append(errs, fmt.Errorf("quota per minute: %d is negative (use -1 for unlimited)", o.QuotaPerMinute))
 	}
-	if o.LeaseTTL < time.Second {
-		errs = append(errs, fmt.Errorf("lease ttl: %v is under 1s", o.LeaseTTL))
+	if m := leaseSafetyMargin(o); o.LeaseTTL < 2*m {
+		errs = append(errs, fmt.Errorf("lease ttl: %v is under %v, twice the fencing margin (DPS try timeout %v + 1s)", o.LeaseTTL, 2*m, o.DPSTryTimeout))
 	}
 	if (o.NATSCertFile == "") != (o.NATSKeyFile == "") {
 		errs = append(errs, errors.New("nats tls: client certificate and key go together"))

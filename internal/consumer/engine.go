@@ -262,7 +262,7 @@ type Engine struct {
 
 	// loop-owned state
 	held       map[*msgState]struct{}
-	bySeq      map[uint64]*msgState // held events by stream sequence
+	bySeq      map[uint64]*msgState   // held events by stream sequence
 	retries    map[string]*retryState // by key
 	perPart    map[int]int            // events held per partition
 	inFlight   int
@@ -565,6 +565,17 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 		}
 	}
 	if len(items) > 0 {
+		if e.opts.Fence != nil {
+			ctx = WithFence(ctx, func() bool {
+				for _, i := range live {
+					st := entries[i].Value.(*msgState)
+					if !e.opts.Fence(st.partition, st.epoch) {
+						return false
+					}
+				}
+				return true
+			})
+		}
 		spanCtx, span := e.opts.Tracer.Start(ctx, "dpsync.batch", trace.WithLinks(links...),
 			trace.WithAttributes(attribute.String("dpsync.kind", kind), attribute.String("dpsync.op", string(items[0].Op)),
 				attribute.Int("dpsync.items", len(items))))
@@ -914,6 +925,22 @@ func retryAfter(err error) time.Duration {
 		return time.Until(t)
 	}
 	return 0
+}
+
+type fenceKey struct{}
+
+// WithFence returns ctx carrying fence, which reports whether the work done under ctx may
+// still touch DPS. The DPS client's pipeline checks it right before every try (see
+// FenceFrom), so a worker that lost its partitions between the batch's check and the
+// request leaving the process does not send it.
+func WithFence(ctx context.Context, fence func() bool) context.Context {
+	return context.WithValue(ctx, fenceKey{}, fence)
+}
+
+// FenceFrom returns the fence of ctx, or nil.
+func FenceFrom(ctx context.Context) func() bool {
+	f, _ := ctx.Value(fenceKey{}).(func() bool)
+	return f
 }
 
 // HeaderPosition is the event header carrying a replayed event's original order position.
