@@ -435,3 +435,37 @@ func TestReprovisionAndAllocation(t *testing.T) {
 		}
 	})
 }
+
+func TestAuthOptions(t *testing.T) {
+	_, tg := startHTTP(t, emulator.Options{BearerTokens: []string{"tok-1"}, ServiceHostName: "MyDps.azure-devices-provisioning.net"})
+	if r := tg.Do(t, "GET", "/enrollments/x", nil, map[string]string{"Authorization": "Bearer tok-1"}); r.Status != 404 {
+		t.Errorf("configured bearer: got %d, want 404 (authenticated)", r.Status)
+	}
+	contract.ExpectError(t, tg.Do(t, "GET", "/enrollments/x", nil, map[string]string{"Authorization": "Bearer tok-2"}), 401, 401002)
+	// sr must be the configured host name (lower-cased), not the Host header.
+	contract.ExpectError(t, tg.Do(t, "GET", "/enrollments/x", nil, nil), 401, 401002)
+	tg.HostName = "mydps.azure-devices-provisioning.net"
+	for _, v := range []string{"2019-03-31", "2021-06-01", "2021-10-01", "2025-07-01-preview"} {
+		if r := tg.Do(t, "GET", "/enrollments/x?api-version="+v, nil, nil); r.Status != 404 {
+			t.Errorf("api-version %s: got %d, want 404", v, r.Status)
+		}
+	}
+}
+
+func TestClosedEmulator(t *testing.T) {
+	em, err := emulator.New(emulator.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := em.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := em.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	rec := httptest.NewRecorder()
+	em.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/enrollments/x?api-version=2021-10-01", nil))
+	if rec.Code != 503 {
+		t.Errorf("after Close: got %d, want 503", rec.Code)
+	}
+}

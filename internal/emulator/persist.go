@@ -81,6 +81,9 @@ func (w *wal) sync(lsn uint64) error {
 	if w.err != nil || w.flushed >= lsn {
 		return w.err
 	}
+	if w.f == nil {
+		return errors.New("write log: the emulator is closed")
+	}
 	w.pmu.Lock()
 	batch := w.pending
 	w.pending = nil
