@@ -57,6 +57,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		bulkReject  = fs.Float64("fault-bulk-reject-rate", 0, "probability that a bulk call is rejected whole with 400")
 		throttleFor = fs.Duration("fault-throttle-for", 0, "answer every call 429 for this long after start")
 		verbose     = fs.Bool("v", false, "log debug messages")
+		connOut     = fs.String("connection-string-out", "", "also write the service connection string to this file (mode 0600), for workers started next to the emulator")
 		policies    policyFlags
 	)
 	fs.Var(&policies, "policy", "shared access policy NAME (random key), NAME=@FILE (key read from a file) or NAME=env:VAR (key read from an environment variable); repeatable; default one random provisioningserviceowner")
@@ -114,6 +115,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "emulator: %v\n", err)
 		return 1
+	}
+	if *connOut != "" {
+		if err := os.WriteFile(*connOut, []byte(s.ConnectionString()+"\n"), 0o600); err != nil {
+			s.Close()
+			fmt.Fprintf(stderr, "emulator: %v\n", err)
+			return 1
+		}
 	}
 	fmt.Fprintf(stdout, "DPS emulator listening on %s\n", s.URL())
 	fmt.Fprintf(stdout, "Service connection string (holds the policy key; printed once because this is a local emulator):\n  %s\n", s.ConnectionString())
