@@ -449,6 +449,24 @@ func TestUpdateWithoutETagConvergesAndStaleIfMatchIsDeadLettered(t *testing.T) {
 	}
 }
 
+func TestWholeRequestRejectionDeadLettersOnlyTheBadItem(t *testing.T) {
+	s := newStack(t, emulator.Options{Faults: emulator.Faults{BulkRejectIDs: []string{"poison"}}})
+	s.worker(func(o *Options) { o.Batcher.Linger = 200 * time.Millisecond })
+	var evs []*event.Event
+	for i, id := range []string{"a", "b", "poison", "c", "d", "e", "f"} {
+		evs = append(evs, event.NewEnrollment(dps.BulkModeCreate, tagged(id, i)))
+	}
+	s.publish(evs...)
+	s.settle(20 * time.Second)
+	ls := s.letters()
+	if len(ls) != 1 || ls[0].Key != "enrollment/poison" || ls[0].Status != http.StatusBadRequest {
+		t.Fatalf("letters: %+v, want one 400 letter for poison", ls)
+	}
+	if got := s.enrollments(); len(got) != 6 {
+		t.Fatalf("%d enrollments applied, want the 6 good ones", len(got))
+	}
+}
+
 func Test429StormSlowsDownAndLosesNothing(t *testing.T) {
 	s := newStack(t, emulator.Options{})
 	s.worker(func(o *Options) { o.QuotaPerMinute = 6000 })

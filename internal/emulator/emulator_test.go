@@ -469,3 +469,13 @@ func TestClosedEmulator(t *testing.T) {
 		t.Errorf("after Close: got %d, want 503", rec.Code)
 	}
 }
+
+func TestBulkRejectIDsRejectsOnlyRequestsHoldingThePoison(t *testing.T) {
+	_, tg := startHTTP(t, emulator.Options{Faults: emulator.Faults{BulkRejectIDs: []string{"Poison"}}})
+	poisoned := map[string]any{"enrollments": []any{sym("a"), sym("poison"), sym("b")}, "mode": "create"}
+	contract.ExpectError(t, tg.Do(t, "POST", "/enrollments", poisoned, nil), 400, emulator.CodeBulkRejected)
+	clean := map[string]any{"enrollments": []any{sym("a"), sym("b")}, "mode": "create"}
+	if r := tg.Do(t, "POST", "/enrollments", clean, nil); string(r.Body) != `{"errors":[],"isSuccessful":true}` {
+		t.Errorf("bulk without the poison id: got %d %s, want success", r.Status, r.Body)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 )
@@ -64,6 +65,24 @@ type Faults struct {
 	BulkRejectRate float64 `json:"bulkRejectRate,omitempty"`
 	// BulkRejectNext rejects the next N bulk calls whole with 400.
 	BulkRejectNext int `json:"bulkRejectNext,omitempty"`
+	// BulkRejectIDs rejects whole with 400 every bulk call that contains one of these ids
+	// (case-insensitive): a "poison item" that makes the service refuse the request, the way
+	// one malformed item can. A client must split the batch to get the others applied.
+	BulkRejectIDs []string `json:"bulkRejectIds,omitempty"`
+}
+
+// rejectsBulk reports whether the faults reject a bulk call holding ids.
+func (in *injector) rejectsBulk(ids []string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, bad := range in.f.BulkRejectIDs {
+		for _, id := range ids {
+			if strings.EqualFold(bad, id) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (f *Faults) validate() error {
@@ -120,6 +139,7 @@ func newInjector(seed uint64) *injector {
 // set replaces the faults; a ThrottleFor starts its window at now.
 func (in *injector) set(f Faults, now time.Time) {
 	f.ErrorRates = cloneRates(f.ErrorRates)
+	f.BulkRejectIDs = append([]string(nil), f.BulkRejectIDs...)
 	if f.ThrottleFor > 0 {
 		until := now.Add(time.Duration(f.ThrottleFor))
 		f.ThrottleUntil = &until
@@ -135,6 +155,7 @@ func (in *injector) get() Faults {
 	defer in.mu.Unlock()
 	f := in.f
 	f.ErrorRates = cloneRates(f.ErrorRates)
+	f.BulkRejectIDs = append([]string(nil), f.BulkRejectIDs...)
 	if f.ThrottleUntil != nil {
 		t := *f.ThrottleUntil
 		f.ThrottleUntil = &t

@@ -124,7 +124,7 @@ type bulkEnrollmentsIn struct {
 // checkBulk applies the whole-request rules of bulk calls: a known mode, 1–10 items, no id
 // twice (case-insensitively). Over 10 items is unconfirmed; it is rejected whole, like the
 // other rules.
-func checkBulk(c *call, modeStr string, ids []string, field string) (dps.BulkMode, *apiError) {
+func (em *Emulator) checkBulk(c *call, modeStr string, ids []string, field string) (dps.BulkMode, *apiError) {
 	mode, err := dps.ParseBulkMode(modeStr)
 	if err != nil {
 		return "", newErr(CodeInvalidBulk, "mode: "+strconv.Quote(modeStr)+" is not create, update, updateIfMatchETag or delete")
@@ -149,6 +149,9 @@ func checkBulk(c *call, modeStr string, ids []string, field string) (dps.BulkMod
 	if c.plan.bulkReject {
 		return "", newErr(CodeBulkRejected, "The bulk operation was rejected (injected fault).")
 	}
+	if em.faults.rejectsBulk(ids) {
+		return "", newErr(CodeBulkRejected, "The bulk operation was rejected: it holds a poison item (injected fault).")
+	}
 	return mode, nil
 }
 
@@ -162,7 +165,7 @@ func (em *Emulator) bulkEnrollments(c *call) {
 	for i := range in.Enrollments {
 		ids[i] = in.Enrollments[i].RegistrationID
 	}
-	mode, e := checkBulk(c, in.Mode, ids, "enrollments")
+	mode, e := em.checkBulk(c, in.Mode, ids, "enrollments")
 	if e != nil {
 		em.fail(c, e)
 		return
@@ -309,7 +312,7 @@ func (em *Emulator) bulkGroups(c *call) {
 	for i := range in.EnrollmentGroups {
 		ids[i] = in.EnrollmentGroups[i].EnrollmentGroupID
 	}
-	mode, e := checkBulk(c, in.Mode, ids, "enrollmentGroups")
+	mode, e := em.checkBulk(c, in.Mode, ids, "enrollmentGroups")
 	if e != nil {
 		em.fail(c, e)
 		return
