@@ -117,7 +117,13 @@ func (s *stack) worker(mod func(*Options)) (stop func() error) {
 		mod(&o)
 	}
 	ready := make(chan Info, 1)
-	o.OnReady = func(i Info) { ready <- i }
+	userReady := o.OnReady
+	o.OnReady = func(i Info) {
+		if userReady != nil {
+			userReady(i)
+		}
+		ready <- i
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, o) }()

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -19,6 +20,7 @@ func startRedrive(ctx context.Context, js jetstream.JetStream, o *Options, f *fl
 		JS:       js,
 		Stream:   o.DLQStream,
 		Schedule: o.RedriveEvery,
+		Interval: redriveInterval(o.RedriveEvery),
 		Owns: func(string) bool {
 			_, ok := f.m.Owns(0)
 			return ok
@@ -36,4 +38,14 @@ func startRedrive(ctx context.Context, js jetstream.JetStream, o *Options, f *fl
 		r.Run(ctx)
 	}()
 	return done
+}
+
+// redriveInterval is how often the redriver looks: 15 s, or more often when the schedule's
+// first step is shorter.
+func redriveInterval(schedule []time.Duration) time.Duration {
+	iv := 15 * time.Second
+	if len(schedule) > 0 && schedule[0]/2 < iv {
+		iv = max(schedule[0]/2, 100*time.Millisecond)
+	}
+	return iv
 }
