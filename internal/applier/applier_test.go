@@ -1,0 +1,311 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
+	"github.com/dpsync/dpsync/internal/dps"
+)
+
+// fakeDPS is an in-memory DPS with the semantics the applier relies on (the real wire
+// behaviour is covered against the emulator in internal/app). It records every call.
+type fakeDPS struct {
+	mu      sync.Mutex
+	store   map[string]string // lower id → etag
+	content map[string]string // lower id → device id (the "content")
+	calls   []string
+	poison  string // a bulk holding this id is rejected whole with 400
+	failAll error  // every call fails with this
+	n       int
+}
+
+func newFake() *fakeDPS { return &fakeDPS{store: map[string]string{}, content: map[string]string{}} }
+
+func respErr(status, code int) error {
+	return &azcore.ResponseError{StatusCode: status, ErrorCode: fmt.Sprint(code)}
+}
+
+func (f *fakeDPS) etag() string { f.n++; return fmt.Sprintf("etag-%d", f.n) }
+
+func (f *fakeDPS) Bulk(_ context.Context, kind Kind, mode dps.BulkMode, items []Item) ([]ItemError, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []string
+	for _, it := range items {
+		ids = append(ids, it.ID())
+	}
+	f.calls = append(f.calls, fmt.Sprintf("bulk-%s[%s]", mode, strings.Join(ids, ",")))
+	if f.failAll != nil {
+		return nil, f.failAll
+	}
+	for _, id := range ids {
+		if f.poison != "" && strings.EqualFold(id, f.poison) {
+			return nil, respErr(http.StatusBadRequest, 400001)
+		}
+	}
+	var errs []ItemError
+	for _, it := range items {
+		id := strings.ToLower(it.ID())
+		etag, exists := f.store[id]
+		switch mode {
+		case dps.BulkModeCreate:
+			if exists {
+				errs = append(errs, ItemError{ID: it.ID(), Code: 409201, Status: "Enrollment already exists."})
+				continue
+			}
+		case dps.BulkModeUpdate:
+			if exists && it.ETag() != etag {
+				errs = append(errs, ItemError{ID: it.ID(), Code: 409201, Status: "Enrollment already exists."})
+				continue
+			}
+		case dps.BulkModeUpdateIfMatchETag:
+			if !exists || it.ETag() != etag {
+				errs = append(errs, ItemError{ID: it.ID(), Code: 412001, Status: "Precondition failed."})
+				continue
+			}
+		case dps.BulkModeDelete:
+			if !exists {
+				errs = append(errs, ItemError{ID: it.ID(), Code: 404201, Status: "Enrollment not found."})
+				continue
+			}
+			delete(f.store, id)
+			delete(f.content, id)
+			continue
+		}
+		f.store[id] = f.etag()
+		f.content[id] = it.Enrollment.DeviceID
+	}
+	return errs, nil
+}
+
+func (f *fakeDPS) Put(_ context.Context, it Item, ifMatch string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("put(%s,%q)", it.ID(), ifMatch))
+	if f.failAll != nil {
+		return "", f.failAll
+	}
+	id := strings.ToLower(it.ID())
+	etag, exists := f.store[id]
+	switch {
+	case ifMatch == "" && exists:
+		return "", respErr(http.StatusConflict, 409201)
+	case ifMatch != "" && !exists:
+		return "", respErr(http.StatusNotFound, 404201)
+	case ifMatch != "" && ifMatch != "*" && ifMatch != etag:
+		return "", respErr(http.StatusPreconditionFailed, 412001)
+	}
+	f.store[id] = f.etag()
+	f.content[id] = it.Enrollment.DeviceID
+	return f.store[id], nil
+}
+
+func (f *fakeDPS) Get(_ context.Context, it Item) (Item, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "get("+it.ID()+")")
+	id := strings.ToLower(it.ID())
+	if _, ok := f.store[id]; !ok {
+		return Item{}, respErr(http.StatusNotFound, 404201)
+	}
+	return Item{Kind: KindEnrollment, Enrollment: &dps.IndividualEnrollment{RegistrationID: it.ID(), DeviceID: f.content[id],
+		Attestation: &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey}, ETag: f.store[id]}}, nil
+}
+
+func (f *fakeDPS) callLog() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.calls, " ")
+}
+
+func item(op dps.BulkMode, id, content string) Item {
+	return Item{Kind: KindEnrollment, Op: op, Enrollment: &dps.IndividualEnrollment{RegistrationID: id, DeviceID: content,
+		Attestation: &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey}}}
+}
+
+func classes(outs []Outcome) string {
+	var s []string
+	for _, o := range outs {
+		s = append(s, o.Class.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func TestApply(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name      string
+		setup     func(f *fakeDPS, a *Applier)
+		items     []Item
+		want      string // outcome classes
+		wantCalls string
+	}{
+		{
+			name:      "creates go out as one bulk call",
+			items:     []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeCreate, "b", "1")},
+			want:      "applied,applied",
+			wantCalls: "bulk-create[a,b]",
+		},
+		{
+			name:      "a create of an existing id is permanent (first delivery)",
+			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
+			items:     []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeCreate, "b", "1")},
+			want:      "permanent,applied",
+			wantCalls: "bulk-create[a,b]",
+		},
+		{
+			name: "a redelivered create finding its own content counts as applied (one GET)",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "1"
+			},
+			items:     []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "A", "1").Enrollment}},
+			want:      "applied",
+			wantCalls: "bulk-create[A] get(A)",
+		},
+		{
+			name: "a redelivered create finding other content is permanent",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "other"
+			},
+			items:     []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment}},
+			want:      "permanent",
+			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
+			name:      "an update without a known etag is one PUT If-Match *",
+			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `put(a,"*")`,
+		},
+		{
+			name:      "an update of an absent id falls back to a plain PUT",
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `put(a,"*") put(a,"")`,
+		},
+		{
+			name: "an update with an etag learned from our PUT rides in a bulk call",
+			setup: func(f *fakeDPS, a *Applier) {
+				a.Apply(ctx, []Item{item(dps.BulkModeUpdate, "a", "1"), item(dps.BulkModeUpdate, "b", "1")})
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2"), item(dps.BulkModeUpdate, "b", "2")},
+			want:      "applied,applied",
+			wantCalls: "bulk-update[a,b]",
+		},
+		{
+			name: "a stale learned etag costs one failed item and the PUT fallback",
+			setup: func(f *fakeDPS, a *Applier) {
+				a.Apply(ctx, []Item{item(dps.BulkModeUpdate, "a", "1")})
+				f.store["a"] = "changed-elsewhere"
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `bulk-update[a] put(a,"*")`,
+		},
+		{
+			name:      "updateIfMatchETag with a stale etag is permanent 412",
+			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
+			items:     []Item{item(dps.BulkModeUpdateIfMatchETag, "a", "2").withETag("old")},
+			want:      "permanent",
+			wantCalls: "bulk-updateIfMatchETag[a]",
+		},
+		{
+			name:      "delete of an absent id is applied",
+			setup:     func(f *fakeDPS, _ *Applier) { f.store["b"] = "e0" },
+			items:     []Item{item(dps.BulkModeDelete, "a", ""), item(dps.BulkModeDelete, "b", "")},
+			want:      "applied,applied",
+			wantCalls: "bulk-delete[a,b]",
+		},
+		{
+			name:  "a whole-request 400 splits until the bad item stands alone",
+			setup: func(f *fakeDPS, _ *Applier) { f.poison = "c" },
+			items: []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeCreate, "b", "1"), item(dps.BulkModeCreate, "c", "1"),
+				item(dps.BulkModeCreate, "d", "1"), item(dps.BulkModeCreate, "e", "1")},
+			want:      "applied,applied,permanent,applied,applied",
+			wantCalls: "bulk-create[a,b,c,d,e] bulk-create[a,b] bulk-create[c,d,e] bulk-create[c] bulk-create[d,e]",
+		},
+		{
+			name:      "a 503 for the whole call is transient for every item",
+			setup:     func(f *fakeDPS, _ *Applier) { f.failAll = respErr(http.StatusServiceUnavailable, 503001) },
+			items:     []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeCreate, "b", "1")},
+			want:      "transient,transient",
+			wantCalls: "bulk-create[a,b]",
+		},
+		{
+			name:      "a connection error is transient",
+			setup:     func(f *fakeDPS, _ *Applier) { f.failAll = errors.New("connection reset by peer") },
+			items:     []Item{item(dps.BulkModeDelete, "a", "")},
+			want:      "transient",
+			wantCalls: "bulk-delete[a]",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake()
+			a, err := New(f, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.setup != nil {
+				tt.setup(f, a)
+			}
+			outs := a.Apply(ctx, tt.items)
+			if got := classes(outs); got != tt.want {
+				t.Errorf("outcomes: got %s, want %s (%+v)", got, tt.want, outs)
+			}
+			if got := f.callLog(); got != tt.wantCalls {
+				t.Errorf("calls: got %s, want %s", got, tt.wantCalls)
+			}
+		})
+	}
+}
+
+func TestApplyOutcomeCarriesCodeAndStatus(t *testing.T) {
+	f := newFake()
+	f.store["a"] = "e0"
+	a, _ := New(f, Options{})
+	outs := a.Apply(context.Background(), []Item{item(dps.BulkModeUpdateIfMatchETag, "a", "2").withETag("stale")})
+	if outs[0].Code != 412001 || outs[0].Status != http.StatusPreconditionFailed || outs[0].Reason == "" {
+		t.Fatalf("outcome %+v, want code 412001, status 412 and a reason", outs[0])
+	}
+}
+
+func TestBeforeCallPacesEveryOperation(t *testing.T) {
+	f := newFake()
+	var ops []string
+	a, _ := New(f, Options{BeforeCall: func(_ context.Context, op string) error { ops = append(ops, op); return nil }})
+	a.Apply(context.Background(), []Item{item(dps.BulkModeUpdate, "a", "1")})
+	if got := strings.Join(ops, ","); got != "put,put" {
+		t.Fatalf("paced operations: %s, want put,put (If-Match * then create)", got)
+	}
+	stop := errors.New("fenced")
+	a, _ = New(f, Options{BeforeCall: func(context.Context, string) error { return stop }})
+	outs := a.Apply(context.Background(), []Item{item(dps.BulkModeCreate, "z", "1")})
+	if outs[0].Class != Transient || !errors.Is(outs[0].Err, stop) {
+		t.Fatalf("outcome when BeforeCall refuses: %+v, want transient with its error", outs[0])
+	}
+}
+
+func TestSameContentIgnoresServerFieldsAndCase(t *testing.T) {
+	want := item(dps.BulkModeCreate, "Dev-1", "")
+	got := Item{Kind: KindEnrollment, Enrollment: &dps.IndividualEnrollment{RegistrationID: "dev-1", DeviceID: "dev-1", ETag: "x",
+		Attestation: &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey},
+		RegistrationState: &dps.DeviceRegistrationState{Status: dps.EnrollmentStatusUnassigned}}}
+	if !SameContent(want, got) {
+		t.Fatal("same content with server fields: got different")
+	}
+	got.Enrollment.IotHubHostName = "hub"
+	if SameContent(want, got) {
+		t.Fatal("different hub: got same")
+	}
+}
