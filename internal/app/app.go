@@ -25,7 +25,7 @@ func Run(ctx context.Context, o Options) error {
 	var td teardown
 	defer td.run(log, o.ShutdownTimeout)
 
-	tel, err := telemetry.New()
+	tel, err := telemetry.New(o.SpanProcessors...)
 	if err != nil {
 		return err
 	}

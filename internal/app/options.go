@@ -5,6 +5,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"log/slog"
 	"os"
 	"time"
@@ -69,6 +70,9 @@ type Options struct {
 	ShutdownTimeout time.Duration
 
 	Logger *slog.Logger
+	// SpanProcessors receive the worker's spans (an OTLP exporter, say). Without one no span
+	// is recorded.
+	SpanProcessors []sdktrace.SpanProcessor
 	// OnReady is called once the worker consumes, with where to publish.
 	OnReady func(Info)
 }

@@ -28,16 +28,21 @@ type Telemetry struct {
 	tracers  *sdktrace.TracerProvider
 }
 
-// New creates the providers. Spans are sampled by the parent's decision (a producer that
-// sampled its trace gets the worker's spans too); exporters beyond Prometheus are the
-// deployment's choice via an SDK span processor (see docs).
+// New creates the providers. Spans are recorded only when a span processor (an exporter)
+// is given: without one they would cost time and go nowhere. With one, every batch is
+// sampled; its span links the producers' traces (W3C traceparent from the NATS headers)
+// and parents the DPS client's spans.
 func New(processors ...sdktrace.SpanProcessor) (*Telemetry, error) {
 	reg := prometheus.NewRegistry()
 	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample()))}
+	sampler := sdktrace.NeverSample()
+	if len(processors) > 0 {
+		sampler = sdktrace.AlwaysSample()
+	}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(sampler)}
 	for _, p := range processors {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
