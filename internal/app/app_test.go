@@ -17,14 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dpsync/dpsync/internal/batcher"
 	"github.com/dpsync/dpsync/internal/consumer"
 	"github.com/dpsync/dpsync/internal/dlq"
 	"github.com/dpsync/dpsync/internal/dps"
-	"github.com/dpsync/dpsync/internal/embedded"
+	"github.com/dpsync/dpsync/internal/embedded/natstest"
 	"github.com/dpsync/dpsync/internal/emulator"
 	"github.com/dpsync/dpsync/internal/event"
 )
@@ -33,7 +32,7 @@ import (
 // workers a test starts and restarts.
 type stack struct {
 	t       *testing.T
-	nats    *embedded.NATS
+	nats    *natstest.Server
 	js      jetstream.JetStream
 	emu     *emulator.Server
 	client  *dps.Client
@@ -60,20 +59,8 @@ func (s *syncBuffer) String() string {
 
 func newStack(t *testing.T, emuOpts emulator.Options) *stack {
 	t.Helper()
-	srv, err := embedded.StartNATS(embedded.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := natstest.Start(t)
+	js, _ := srv.Connect(t)
 	if emuOpts.Quotas == nil {
 		emuOpts.Quotas = &emulator.Quotas{} // off
 	}
@@ -100,7 +87,7 @@ func (s *stack) worker(mod func(*Options)) (stop func() error) {
 	s.workers++
 	o := Options{
 		WorkerID:            fmt.Sprintf("w%d", s.workers),
-		NATSURLs:            []string{s.nats.ClientURL()},
+		NATSURLs:            []string{s.nats.URL()},
 		DPSConnectionString: s.emu.ConnectionString(),
 		DPSCAFile:           s.emu.CAFile(),
 		Stream:              consumer.StreamConfig{Partitions: 4},

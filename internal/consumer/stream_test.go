@@ -10,26 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/dpsync/dpsync/internal/embedded"
+	"github.com/dpsync/dpsync/internal/embedded/natstest"
 )
 
 func startJS(t *testing.T) (jetstream.JetStream, *nats.Conn) {
 	t.Helper()
-	srv, err := embedded.StartNATS(embedded.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js, nc
+	return natstest.Start(t).Connect(t)
 }
 
 func TestEnsureStreamPartitionsByKey(t *testing.T) {

@@ -6,59 +6,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/dpsync/dpsync/internal/embedded/natstest"
 )
 
 // Server is a JetStream-enabled nats-server on a random local port, stopped when the test
 // ends.
 type Server struct {
-	srv *server.Server
+	*natstest.Server
 }
 
 // Start starts a server storing its streams in a temporary directory of t.
-func Start(t testing.TB) *Server {
-	t.Helper()
-	srv, err := server.NewServer(&server.Options{
-		ServerName: "dlqtest",
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   t.TempDir(),
-		NoLog:      true,
-		NoSigs:     true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		srv.Shutdown()
-		t.Fatal("nats server: not ready within 10s")
-	}
-	t.Cleanup(func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	})
-	return &Server{srv: srv}
-}
-
-// URL is the client URL of the server.
-func (s *Server) URL() string { return s.srv.ClientURL() }
+func Start(t testing.TB) *Server { return &Server{natstest.Start(t)} }
 
 // Connect returns a JetStream context on a new connection, closed when the test ends.
 func (s *Server) Connect(t testing.TB) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(s.URL(), nats.Name(t.Name()))
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
+	js, _ := s.Server.Connect(t)
 	return js
 }
 
