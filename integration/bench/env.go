@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -29,6 +30,7 @@ const partitions = 16
 // the scenario needs no DPS, a fresh emulator over HTTPS seeded with the workload's
 // existing devices.
 type env struct {
+	logf   func(format string, args ...any)
 	dir    string
 	nats   *embedded.NATS
 	nc     *nats.Conn
@@ -37,6 +39,7 @@ type env struct {
 
 	emu    *emulator.Server
 	client *dps.Client
+	hc     *http.Client      // client's transport
 	etags  map[string]string // seeded id → etag
 }
 
@@ -44,12 +47,12 @@ type env struct {
 // emulator and seeds it. quota > 0 runs the emulator at that many service operations per
 // minute; the seeding then happens on an unthrottled instance that persists its state to
 // a data directory, which the throttled instance loads (so seeding spends no quota).
-func newEnv(ctx context.Context, root string, seedIDs []string, quota int) (e *env, err error) {
-	dir, err := os.MkdirTemp(root, "scenario-")
+func newEnv(ctx context.Context, cfg config, seedIDs []string, quota int) (e *env, err error) {
+	dir, err := os.MkdirTemp(cfg.TmpDir, "scenario-")
 	if err != nil {
 		return nil, err
 	}
-	e = &env{dir: dir, stream: consumer.StreamConfig{Partitions: partitions}}
+	e = &env{logf: cfg.logf, dir: dir, stream: consumer.StreamConfig{Partitions: partitions}}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -84,7 +87,7 @@ func newEnv(ctx context.Context, root string, seedIDs []string, quota int) (e *e
 		return nil, err
 	}
 	if quota > 0 {
-		if err := e.emu.Close(); err != nil {
+		if err := e.closeEmulator(); err != nil {
 			return nil, fmt.Errorf("close seeding emulator: %w", err)
 		}
 		e.emu = nil
@@ -102,21 +105,36 @@ func (e *env) startEmulator(ctx context.Context, dataDir string, q *emulator.Quo
 		return fmt.Errorf("start emulator: %w", err)
 	}
 	e.emu = emu
-	e.client, err = newDPSClient(emu)
+	e.client, e.hc, err = newDPSClient(emu)
+	return err
+}
+
+// closeEmulator closes the bench's own connections first: the server's graceful close
+// waits (up to 5 s) for open connections.
+func (e *env) closeEmulator() error {
+	if e.hc != nil {
+		e.hc.CloseIdleConnections()
+	}
+	t := time.Now()
+	err := e.emu.Close()
+	if d := time.Since(t); d > time.Second {
+		e.logf("emulator close took %v", d.Round(time.Millisecond))
+	}
 	return err
 }
 
 // newDPSClient is a DPS client on the emulator with the worker's transport (64 idle
 // connections per host) and azcore's retries of 408/429/5xx.
-func newDPSClient(emu *emulator.Server) (*dps.Client, error) {
+func newDPSClient(emu *emulator.Server) (*dps.Client, *http.Client, error) {
 	hc, err := app.HTTPClient(emu.CAFile())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcore.ClientOptions{
+	c, err := dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Transport: hc,
 		Retry:     policy.RetryOptions{MaxRetries: 5, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 5 * time.Second, TryTimeout: 10 * time.Second},
 	}})
+	return c, hc, err
 }
 
 // deadLetters counts the letters in the dead-letter stream by "class code reason" (none
@@ -147,7 +165,7 @@ func (e *env) deadLetters(ctx context.Context) (int, map[string]int) {
 func (e *env) close() {
 	var errs []error
 	if e.emu != nil {
-		errs = append(errs, e.emu.Close())
+		errs = append(errs, e.closeEmulator())
 	}
 	if e.nc != nil {
 		e.nc.Close()
@@ -176,10 +194,11 @@ func dpsRoundTrip(ctx context.Context, cfg config) (float64, error) {
 		return 0, err
 	}
 	defer emu.Close()
-	c, err := newDPSClient(emu)
+	c, hc, err := newDPSClient(emu)
 	if err != nil {
 		return 0, err
 	}
+	defer hc.CloseIdleConnections()
 	var ds []time.Duration
 	for i := range 60 {
 		items := make([]dps.IndividualEnrollment, 10)

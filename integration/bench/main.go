@@ -50,7 +50,17 @@ type config struct {
 	Out         string
 	CPUProfile  string
 	WorkerBin   string
-	TmpDir      string
+	// WorkerStop is the --shutdown-timeout of worker processes.
+	WorkerStop time.Duration
+	TmpDir     string
+	// Progress receives one line per phase (not a flag).
+	Progress io.Writer
+}
+
+func (c config) logf(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, "bench:   "+format+"\n", args...)
+	}
 }
 
 var allScenarios = []string{"bare", "dpsync", "naive", "backlog", "fleet"}
@@ -72,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Out, "out", filepath.Join("integration", "bench", "results", "latest.json"), "JSON output file")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the in-process dpsync scenario to this file")
 	fs.StringVar(&c.WorkerBin, "worker", "", "prebuilt worker binary (default: build ./cmd/worker)")
+	fs.DurationVar(&c.WorkerStop, "worker-shutdown-timeout", 5*time.Second, "--shutdown-timeout of worker processes (a paced worker with a backlog uses all of it)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -150,6 +161,7 @@ func bench(ctx context.Context, cfg config, progress io.Writer) (*report, error)
 	}
 	defer os.RemoveAll(dir)
 	cfg.TmpDir = dir
+	cfg.Progress = progress
 	rep := newReport(cfg)
 	w := newWorkload(cfg.Seed, cfg.Events, cfg.Paced)
 	rep.Mix = w.mix

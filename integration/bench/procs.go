@@ -46,7 +46,7 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startWorkerProc(bin string, e *env, id string, quota int) (*workerProc, error) {
+func startWorkerProc(cfg config, bin string, e *env, id string, quota int) (*workerProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -65,6 +65,7 @@ func startWorkerProc(bin string, e *env, id string, quota int) (*workerProc, err
 		"--dps-ca", e.emu.CAFile(),
 		"--http-addr", w.httpAddr,
 		"--log-level", "warn",
+		"--shutdown-timeout", cfg.WorkerStop.String(),
 	)
 	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"DPSYNC_DPS_CONNECTION_STRING=" + e.emu.ConnectionString()}
@@ -180,7 +181,7 @@ func runBacklog(ctx context.Context, cfg config, bin string) (*result, error) {
 	g := newGenerator(cfg.Seed, max(10, cfg.Backlog/3))
 	ids := g.seededIDs()
 	evs := g.take(cfg.Backlog)
-	e, err := newEnv(ctx, cfg.TmpDir, ids, 0)
+	e, err := newEnv(ctx, cfg, ids, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -192,9 +193,10 @@ func runBacklog(ctx context.Context, cfg config, bin string) (*result, error) {
 	if err := publishBacklog(ctx, e.js, enc); err != nil {
 		return nil, err
 	}
+	cfg.logf("backlog: %d events published", len(enc))
 	res := &result{Scenario: "backlog", Title: fmt.Sprintf("dpsync, 1 worker process, %d-event backlog, quotas off", cfg.Backlog), Events: cfg.Backlog, Workers: 1}
 	before := e.emu.Counters()
-	w, err := startWorkerProc(bin, e, "b1", -1)
+	w, err := startWorkerProc(cfg, bin, e, "b1", -1)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +238,7 @@ func runFleet(ctx context.Context, cfg config, bin string) (*result, error) {
 	g := newGenerator(cfg.Seed, max(10, n/3))
 	ids := g.seededIDs()
 	evs := g.take(n)
-	e, err := newEnv(ctx, cfg.TmpDir, ids, cfg.Quota)
+	e, err := newEnv(ctx, cfg, ids, cfg.Quota)
 	if err != nil {
 		return nil, err
 	}
@@ -248,12 +250,13 @@ func runFleet(ctx context.Context, cfg config, bin string) (*result, error) {
 	if err := publishBacklog(ctx, e.js, enc); err != nil {
 		return nil, err
 	}
+	cfg.logf("fleet: %d events published over %d ids (%d seeded)", n, g.pool, len(ids))
 	res := &result{Scenario: "fleet", Title: fmt.Sprintf("dpsync, %d worker processes, emulator at %d ops/min", workers, cfg.Quota), Workers: workers}
 	var ws []*workerProc
 	var mems []*memSampler
 	defer func() { _ = stopAll(ws) }()
 	for i := range workers {
-		w, err := startWorkerProc(bin, e, fmt.Sprintf("w%d", i+1), cfg.Quota)
+		w, err := startWorkerProc(cfg, bin, e, fmt.Sprintf("w%d", i+1), cfg.Quota)
 		if err != nil {
 			return nil, err
 		}
@@ -276,6 +279,7 @@ func runFleet(ctx context.Context, cfg config, bin string) (*result, error) {
 		}
 		return total, nil
 	}
+	cfg.logf("fleet: %d workers ready; warm-up %v, then a %v window", workers, cfg.FleetWarmup, cfg.FleetFor)
 	time.Sleep(cfg.FleetWarmup)
 	a0, err := sumApplied()
 	if err != nil {
@@ -288,6 +292,7 @@ func runFleet(ctx context.Context, cfg config, bin string) (*result, error) {
 		return nil, err
 	}
 	c1, window := e.emu.Counters(), time.Since(t0)
+	cfg.logf("fleet: window over; stopping the workers")
 	res.Events = int(a1 - a0)
 	res.setThroughput(res.Events, window)
 	res.setCost(costBetween(c0, c1), res.Events)

@@ -96,7 +96,7 @@ func latencyFromDPS(got []dps.IndividualEnrollment, sent map[int]time.Time) []ti
 // ceiling on this machine. Latency: JetStream's stored timestamp of each paced message to
 // its delivery to the loop.
 func runBare(ctx context.Context, cfg config, w workload) (*result, error) {
-	e, err := newEnv(ctx, cfg.TmpDir, nil, 0)
+	e, err := newEnv(ctx, cfg, nil, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +201,7 @@ type dpsScenario struct {
 }
 
 func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario) (*result, error) {
-	e, err := newEnv(ctx, cfg.TmpDir, w.seedIDs, 0)
+	e, err := newEnv(ctx, cfg, w.seedIDs, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -213,6 +213,7 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 	if err := publishBacklog(ctx, e.js, backlog); err != nil {
 		return nil, err
 	}
+	cfg.logf("%s: seeded %d ids, published %d events", sc.name, len(w.seedIDs), len(backlog))
 	res := &result{Scenario: sc.name, Title: sc.title, Events: len(backlog)}
 	if sc.profile != "" {
 		f, err := os.Create(sc.profile)
@@ -243,6 +244,7 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 	}
 	res.setThroughput(len(backlog), end.Sub(start))
 	res.setCost(costBetween(before, e.emu.Counters()), len(backlog))
+	cfg.logf("%s: drained in %v; paced phase at %.0f events/s", sc.name, end.Sub(start).Round(time.Millisecond), res.EventsPerSec/2)
 
 	want := expectedState(w.seedIDs, w.backlog)
 	var sent map[int]time.Time
@@ -264,8 +266,10 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 		res.Latency = &latency{RatePerSec: rate, Events: n}
 	}
 	res.setMem(mem, "bench process (worker + embedded NATS + emulator)")
+	t := time.Now()
 	err = stop()
 	stop = nil
+	cfg.logf("%s: paced phase applied; worker stopped in %v", sc.name, time.Since(t).Round(time.Millisecond))
 	if err != nil {
 		return nil, fmt.Errorf("%s stop: %w", sc.name, err)
 	}
@@ -329,7 +333,7 @@ func startDpsync(ctx context.Context, e *env) (func() error, error) {
 //
 // A failed call (after azcore's retries) naks the event for redelivery.
 func startNaive(ctx context.Context, e *env) (func() error, error) {
-	client, err := newDPSClient(e.emu)
+	client, hc, err := newDPSClient(e.emu)
 	if err != nil {
 		return nil, err
 	}
@@ -374,6 +378,7 @@ func startNaive(ctx context.Context, e *env) (func() error, error) {
 			it.Stop()
 		}
 		wg.Wait()
+		hc.CloseIdleConnections()
 		return nil
 	}, nil
 }
