@@ -98,13 +98,17 @@ type WorkerSpec struct {
 	Replicas   int
 	// Quota is DPS operations per minute for the fleet (default -1, unlimited).
 	Quota int
-	// LeaseTTL bounds takeover after a worker dies (default 3 s).
+	// LeaseTTL bounds takeover after a worker dies (default 4 s; the worker requires at
+	// least 2 × (DPSTryTimeout + 1 s)).
 	LeaseTTL time.Duration
+	// DPSTryTimeout bounds one DPS request (default 1 s).
+	DPSTryTimeout time.Duration
 	// Linger of a partial batch (default 20 ms).
 	Linger time.Duration
 	// RetryBudget of transient failures before dead-lettering (default 2 min).
 	RetryBudget time.Duration
-	// AckWait of the consumers (default 10 s).
+	// AckWait of the consumers (default 5 s): how long a new owner waits for a dead
+	// owner's unacknowledged events to come back.
 	AckWait time.Duration
 	// RedriveSchedule of transient dead letters (default none).
 	RedriveSchedule []time.Duration

@@ -75,7 +75,7 @@ func (b *Builder) Worker(ctx context.Context) (string, error) {
 
 // requiredWorkerFlags are the `worker run` flags the harness passes.
 var requiredWorkerFlags = []string{
-	"nats-url", "worker-id", "partitions", "replicas", "quota", "lease-ttl", "http-addr",
+	"nats-url", "worker-id", "partitions", "replicas", "quota", "lease-ttl", "dps-try-timeout", "http-addr",
 	"dps-ca", "linger", "retry-budget", "ack-wait", "shutdown-timeout",
 }
 

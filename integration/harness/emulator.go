@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"net/http"
+
+	"github.com/dpsync/dpsync/internal/emulator"
 )
 
 // EmulatorOptions configure the DPS emulator of a scenario.
@@ -23,6 +25,9 @@ type Emulator struct {
 	CAFile string
 	// Client reads state and drives the admin endpoints.
 	Client *DPSClient
+	// Server is the in-process emulator, for reads that must not count as DPS operations
+	// (State, Counters) and cannot be refused by injected faults.
+	Server *emulator.Server
 }
 
 // Target is what a worker needs to reach the emulator directly.
@@ -59,8 +64,7 @@ func (e *Emulator) Counters(ctx context.Context) (map[string]any, error) {
 }
 
 // StartEmulator starts the DPS emulator in-process on a free 127.0.0.1 port (HTTPS with its
-// own certificate); t.Cleanup stops it. It returns an error wrapping ErrMissing while the
-// emulator is not part of the build (see emulator_missing.go).
+// own certificate); t.Cleanup stops it.
 func StartEmulator(ctx context.Context, t TB, opts EmulatorOptions) (*Emulator, error) {
 	return startEmulator(ctx, t, opts)
 }

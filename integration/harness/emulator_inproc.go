@@ -1,5 +1,3 @@
-//go:build dpsync_emulator
-
 package harness
 
 import (
@@ -9,9 +7,8 @@ import (
 	"github.com/dpsync/dpsync/internal/emulator"
 )
 
-// startEmulator runs internal/emulator in-process (it is not the thing being crashed), per the
-// contract in docs/ARCHITECTURE.md: emulator.Serve(ctx, Options, ServeOptions) → *Server with
-// ConnectionString(), CAFile(), Close().
+// startEmulator runs internal/emulator in-process (it is not the thing being crashed):
+// emulator.Serve on a free 127.0.0.1 port, HTTPS with the emulator's own certificate.
 func startEmulator(ctx context.Context, t TB, opts EmulatorOptions) (*Emulator, error) {
 	srv, err := emulator.Serve(ctx, emulator.Options{
 		Seed:   opts.Seed,
@@ -21,7 +18,7 @@ func startEmulator(ctx context.Context, t TB, opts EmulatorOptions) (*Emulator, 
 		return nil, fmt.Errorf("start emulator: %w", err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	e := &Emulator{ConnectionString: srv.ConnectionString(), CAFile: srv.CAFile()}
+	e := &Emulator{ConnectionString: srv.ConnectionString(), CAFile: srv.CAFile(), Server: srv}
 	if e.Client, err = NewDPSClient(e.ConnectionString, e.CAFile, "https"); err != nil {
 		return nil, err
 	}

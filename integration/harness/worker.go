@@ -80,10 +80,11 @@ func workerArgs(s WorkerSpec, httpAddr, dataDir string) []string {
 		"--partitions", strconv.Itoa(partitions),
 		"--replicas", strconv.Itoa(replicas),
 		"--quota", strconv.Itoa(quota),
-		"--lease-ttl", def(3*time.Second, s.LeaseTTL).String(),
+		"--lease-ttl", def(4*time.Second, s.LeaseTTL).String(),
+		"--dps-try-timeout", def(time.Second, s.DPSTryTimeout).String(),
 		"--linger", def(20*time.Millisecond, s.Linger).String(),
 		"--retry-budget", def(2*time.Minute, s.RetryBudget).String(),
-		"--ack-wait", def(10*time.Second, s.AckWait).String(),
+		"--ack-wait", def(5*time.Second, s.AckWait).String(),
 		"--shutdown-timeout", def(20*time.Second, s.ShutdownTimeout).String(),
 		"--http-addr", httpAddr,
 	}

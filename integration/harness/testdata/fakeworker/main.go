@@ -21,7 +21,7 @@ func main() {
 	id := fs.String("worker-id", "", "")
 	httpAddr := fs.String("http-addr", "", "")
 	termCode := fs.Int("term-exit-code", 0, "")
-	for _, name := range []string{"nats-url", "data-dir", "partitions", "replicas", "quota", "lease-ttl", "linger", "retry-budget", "ack-wait", "shutdown-timeout", "dps-ca", "redrive-schedule"} {
+	for _, name := range []string{"nats-url", "data-dir", "partitions", "replicas", "quota", "lease-ttl", "dps-try-timeout", "linger", "retry-budget", "ack-wait", "shutdown-timeout", "dps-ca", "redrive-schedule"} {
 		fs.String(name, "", "")
 	}
 	fs.Parse(os.Args[2:])
