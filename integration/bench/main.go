@@ -50,6 +50,10 @@ type config struct {
 	Out         string
 	CPUProfile  string
 	WorkerBin   string
+	// WorkerLog receives the in-process worker's log at info level ("" = errors to stderr).
+	WorkerLog string
+	// DPSLatency is added by the emulator to every call of the dpsync and naive scenarios.
+	DPSLatency time.Duration
 	// WorkerStop is the --shutdown-timeout of worker processes.
 	WorkerStop time.Duration
 	TmpDir     string
@@ -82,6 +86,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Out, "out", filepath.Join("integration", "bench", "results", "latest.json"), "JSON output file")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the in-process dpsync scenario to this file")
 	fs.StringVar(&c.WorkerBin, "worker", "", "prebuilt worker binary (default: build ./cmd/worker)")
+	fs.StringVar(&c.WorkerLog, "worker-log", "", "file for the in-process dpsync worker's log at info level (default: errors only, to stderr)")
+	fs.DurationVar(&c.DPSLatency, "dps-latency", 0, "latency the emulator adds to every DPS call in the dpsync and naive scenarios (0 = loopback speed; real DPS answers in tens of ms)")
 	fs.DurationVar(&c.WorkerStop, "worker-shutdown-timeout", 5*time.Second, "--shutdown-timeout of worker processes (a paced worker with a backlog uses all of it)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -166,6 +172,7 @@ func bench(ctx context.Context, cfg config, progress io.Writer) (*report, error)
 	w := newWorkload(cfg.Seed, cfg.Events, cfg.Paced)
 	rep.Mix = w.mix
 	rep.RoundTripMs, err = dpsRoundTrip(ctx, cfg)
+	rep.RoundTripMs += ms(cfg.DPSLatency)
 	if err != nil {
 		return rep, fmt.Errorf("measure DPS round trip: %w", err)
 	}
@@ -240,6 +247,7 @@ type reportConfig struct {
 	Seed          uint64  `json:"seed"`
 	Partitions    int     `json:"partitions"`
 	LingerMs      float64 `json:"lingerMs"`
+	DPSLatencyMs  float64 `json:"dpsAddedLatencyMs"`
 	BatchMaxItems int     `json:"batchMaxItems"`
 }
 
@@ -340,7 +348,7 @@ func newReport(cfg config) *report {
 		Command: "go run ./integration/bench " + strings.Join(os.Args[1:], " "),
 		Config: reportConfig{Events: cfg.Events, Paced: cfg.Paced, PacedForSec: cfg.PacedFor.Seconds(), Backlog: cfg.Backlog,
 			Quota: cfg.Quota, FleetSec: cfg.FleetFor.Seconds(), FleetWarmSec: cfg.FleetWarmup.Seconds(), Seed: cfg.Seed,
-			Partitions: partitions, LingerMs: ms(bc.Linger), BatchMaxItems: bc.MaxItems},
+			Partitions: partitions, LingerMs: ms(bc.Linger), DPSLatencyMs: ms(cfg.DPSLatency), BatchMaxItems: bc.MaxItems},
 	}
 }
 

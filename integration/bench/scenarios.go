@@ -16,8 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dpsync/dpsync/internal/app"
+	"github.com/dpsync/dpsync/internal/batcher"
 	"github.com/dpsync/dpsync/internal/consumer"
 	"github.com/dpsync/dpsync/internal/dps"
+	"github.com/dpsync/dpsync/internal/emulator"
 	"github.com/dpsync/dpsync/internal/event"
 )
 
@@ -195,7 +197,7 @@ type dpsScenario struct {
 	name, title string
 	consumers   []string
 	// start starts the worker and returns once it consumes, with a stop function.
-	start func(ctx context.Context, e *env) (stop func() error, err error)
+	start func(ctx context.Context, cfg config, e *env) (stop func() error, err error)
 	// profile names a CPU profile file covering the worker's run ("" = none).
 	profile string
 }
@@ -213,6 +215,16 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 	if err := publishBacklog(ctx, e.js, backlog); err != nil {
 		return nil, err
 	}
+	// Encoded now, so that the CPU profile holds only the worker's run.
+	paced, err := encodeAll(w.paced, e.etags)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DPSLatency > 0 {
+		if err := e.emu.SetFaults(emulator.Faults{Latency: emulator.Duration(cfg.DPSLatency)}); err != nil {
+			return nil, err
+		}
+	}
 	cfg.logf("%s: seeded %d ids, published %d events", sc.name, len(w.seedIDs), len(backlog))
 	res := &result{Scenario: sc.name, Title: sc.title, Events: len(backlog)}
 	if sc.profile != "" {
@@ -228,7 +240,7 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 	}
 	mem := startMemSampler(0)
 	before := e.emu.Counters()
-	stop, err := sc.start(ctx, e)
+	stop, err := sc.start(ctx, cfg, e)
 	if err != nil {
 		return nil, err
 	}
@@ -248,11 +260,7 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 
 	want := expectedState(w.seedIDs, w.backlog)
 	var sent map[int]time.Time
-	if len(w.paced) > 0 {
-		paced, err := encodeAll(w.paced, e.etags)
-		if err != nil {
-			return nil, err
-		}
+	if len(paced) > 0 {
 		rate := res.EventsPerSec / 2
 		n := pacedCount(len(paced), rate, cfg.PacedFor)
 		paced = paced[:n]
@@ -288,7 +296,16 @@ func runDPSScenario(ctx context.Context, cfg config, w workload, sc dpsScenario)
 
 // startDpsync runs one dpsync worker in this process (app.Run) with the defaults of
 // `worker run` and no pacing (quota -1).
-func startDpsync(ctx context.Context, e *env) (func() error, error) {
+func startDpsync(ctx context.Context, cfg config, e *env) (func() error, error) {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if cfg.WorkerLog != "" {
+		f, err := os.OpenFile(cfg.WorkerLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { go func() { <-ctx.Done(); f.Close() }() }()
+		logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	ready := make(chan app.Info, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -300,8 +317,13 @@ func startDpsync(ctx context.Context, e *env) (func() error, error) {
 		DPSCAFile:           e.emu.CAFile(),
 		Stream:              e.stream,
 		QuotaPerMinute:      -1,
-		Logger:              slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-		OnReady:             func(i app.Info) { ready <- i },
+		// The defaults of `worker run` (cmd/worker/flags.go): coalescing on and room in the
+		// batcher for every partition's MaxAckPending (16 × 1,000). The batcher's own default
+		// of 10,000 is smaller, and when it fills the engine naks events whose later events
+		// of the same key still go through (see BENCHMARKS.md, "Found while measuring").
+		Batcher: withMaxPending(batcher.DefaultConfig(), 20000),
+		Logger:  logger,
+		OnReady: func(i app.Info) { ready <- i },
 	}
 	go func() { done <- app.Run(ctx, o) }()
 	select {
@@ -332,7 +354,12 @@ func startDpsync(ctx context.Context, e *env) (func() error, error) {
 //   - delete: DELETE (404 counts as done).
 //
 // A failed call (after azcore's retries) naks the event for redelivery.
-func startNaive(ctx context.Context, e *env) (func() error, error) {
+func withMaxPending(c batcher.Config, n int) batcher.Config {
+	c.MaxPending = n
+	return c
+}
+
+func startNaive(ctx context.Context, _ config, e *env) (func() error, error) {
 	client, hc, err := newDPSClient(e.emu)
 	if err != nil {
 		return nil, err
