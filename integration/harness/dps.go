@@ -92,7 +92,7 @@ func (c *DPSClient) QueryEnrollments(ctx context.Context) ([]dps.IndividualEnrol
 	cont := ""
 	for page := 0; ; page++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/enrollments/query?api-version=2021-10-01",
-			strings.NewReader(`{"query":"*"}`))
+			strings.NewReader(`{"query":"SELECT *"}`))
 		if err != nil {
 			return nil, err
 		}
