@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/dpsync/dpsync/integration/harness"
 	"github.com/dpsync/dpsync/integration/workload"
+	"github.com/dpsync/dpsync/internal/dps"
 )
 
 const (
@@ -127,7 +130,104 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.scanSecrets)
+	t.Cleanup(e.keepLogs) // runs before the temp dirs are removed (cleanups run last-in first-out)
 	return e
+}
+
+// keepLogs copies every log of a failed test to a directory that outlives it.
+func (e *env) keepLogs() {
+	if !e.t.Failed() {
+		return
+	}
+	dir, err := os.MkdirTemp("", "dpsync-it-"+strings.ReplaceAll(e.t.Name(), "/", "_")+"-")
+	if err != nil {
+		e.t.Logf("keep logs: %v", err)
+		return
+	}
+	e.mu.Lock()
+	files := append(append([]string(nil), e.logs...), e.cluster.LogFiles()...)
+	e.mu.Unlock()
+	for i, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%02d-%s", i, filepath.Base(f))), b, 0o600)
+	}
+	e.t.Logf("logs kept in %s", dir)
+}
+
+// explain logs, for each key the checker complained about, the key's confirmed events,
+// its dead letters, what DPS holds and the worker log lines that name the key or its events.
+func (e *env) explain(ledger *workload.Ledger, report *workload.Report) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), 30*time.Second)
+	defer cancel()
+	letters, _ := workload.ReadDeadLetters(ctx, e.js, dlqStream)
+	state := workload.StateOf(stateEnrollments(e.emu))
+	e.mu.Lock()
+	files := append([]string(nil), e.logs...)
+	e.mu.Unlock()
+	for i, key := range report.BadKeys {
+		if i == 5 {
+			e.t.Logf("(%d more keys not explained)", len(report.BadKeys)-i)
+			break
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "history of key %s (DPS now: %+v):\n", key, state[key])
+		ids := map[string]bool{}
+		for _, ev := range ledger.Events(key) {
+			ids[ev.ID] = true
+			fmt.Fprintf(&b, "  event %s seq %d %s %s\n", ev.ID, ev.Seq, ev.Op, ev.Poison)
+		}
+		for _, dl := range letters {
+			if dl.Key == key || ids[dl.EventID] {
+				fmt.Fprintf(&b, "  letter dlq-seq %d event %s class %s origin-seq %s position %s worker %s reason %q\n",
+					dl.StreamSeq, dl.EventID, dl.Class, dl.OriginSeq, dl.Position, dl.Worker, dl.Reason)
+			}
+		}
+		for _, f := range files {
+			for _, line := range grepFile(f, key, ids, 40) {
+				fmt.Fprintf(&b, "  %s: %s\n", filepath.Base(f), line)
+			}
+		}
+		e.t.Log(b.String())
+	}
+}
+
+// grepFile returns up to n lines of file that contain key or one of ids.
+func grepFile(file, key string, ids map[string]bool, n int) []string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		hit := strings.Contains(strings.ToLower(line), key)
+		for id := range ids {
+			if hit {
+				break
+			}
+			hit = strings.Contains(line, id)
+		}
+		if hit {
+			out = append(out, truncate(line, 400))
+			if len(out) == n {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// stateEnrollments reads the emulator's state directly (not a DPS operation, not subject to
+// injected faults).
+func stateEnrollments(emu *harness.Emulator) []dps.IndividualEnrollment {
+	st := emu.Server.State()
+	out := make([]dps.IndividualEnrollment, len(st.Enrollments))
+	for i, x := range st.Enrollments {
+		out[i] = x.IndividualEnrollment
+	}
+	return out
 }
 
 func joinURLs(urls []string) string {
@@ -253,6 +353,7 @@ func (e *env) run(spec runSpec) *workload.Report {
 	if !report.OK() {
 		t.Errorf("the run broke a promise (lost must be 0 and the model equal); see the table above")
 		e.logConsumers()
+		e.explain(ledger, report)
 		return report
 	}
 	for _, w := range e.liveWorkers() {

@@ -34,6 +34,11 @@ type DeadLetter struct {
 	Key       string
 	Class     string
 	Reason    string
+	// Worker, OriginSeq and Position are diagnostics (Dpsync-Worker, Dpsync-Origin-Seq,
+	// Dpsync-Position).
+	Worker    string
+	OriginSeq string
+	Position  string
 }
 
 // Expectation is the model's verdict for one key.
@@ -83,6 +88,8 @@ type Report struct {
 	UnexpectedLetters int
 	DuplicateLetters  int
 	ForeignLetters    int
+	// BadKeys are the keys with a problem (for diagnostics), at most maxProblems of them.
+	BadKeys []string
 	// Problems describe every violation, at most maxProblems of them.
 	Problems []string
 	// Truncated counts problems not listed.
@@ -95,6 +102,12 @@ const maxProblems = 30
 func (r *Report) OK() bool {
 	return r.Lost == 0 && r.MismatchedKeys == 0 && r.UnexpectedLetters == 0 &&
 		r.DuplicateLetters == 0 && r.ForeignLetters == 0 && len(r.Problems) == 0 && r.Truncated == 0
+}
+
+func (r *Report) badKey(key string) {
+	if len(r.BadKeys) < maxProblems && !slices.Contains(r.BadKeys, key) {
+		r.BadKeys = append(r.BadKeys, key)
+	}
 }
 
 func (r *Report) problem(format string, args ...any) {
@@ -153,10 +166,12 @@ func Check(l *Ledger, state map[string]State, letters []DeadLetter, policy HoldP
 			switch {
 			case len(got) == 0:
 				r.Lost++
+				r.badKey(key)
 				r.problem("key %s: event %s (seq %d, %s%s) is neither applied nor dead-lettered", key, ev.ID, ev.Seq, ev.Op, poisonNote(ev))
 				continue
 			case len(got) > 1:
 				r.DuplicateLetters += len(got) - 1
+				r.badKey(key)
 				r.problem("key %s: event %s dead-lettered %d times (dlq seqs %v)", key, ev.ID, len(got), letterSeqs(got))
 			}
 			r.DeadLettered++
@@ -171,6 +186,7 @@ func Check(l *Ledger, state map[string]State, letters []DeadLetter, policy HoldP
 		for _, ev := range ex.Applied {
 			for _, dl := range byEvent[ev.ID] {
 				r.UnexpectedLetters++
+				r.badKey(key)
 				r.problem("key %s: event %s (seq %d, %s) dead-lettered but no failure was injected: class %q, reason %q",
 					key, ev.ID, ev.Seq, ev.Op, dl.Class, dl.Reason)
 			}
@@ -189,6 +205,7 @@ func Check(l *Ledger, state map[string]State, letters []DeadLetter, policy HoldP
 			continue
 		}
 		r.MismatchedKeys++
+		r.badKey(key)
 		lost, explain := lostAfter(ex.Applied, got)
 		r.Lost += lost
 		r.Applied += len(ex.Applied) - lost

@@ -19,6 +19,9 @@ const (
 	headerKey     = "Dpsync-Key"
 	headerClass   = "Dpsync-Class"
 	headerReason  = "Dpsync-Reason"
+	headerWorker  = "Dpsync-Worker"
+	headerOrigin  = "Dpsync-Origin-Seq"
+	headerPos     = "Dpsync-Position"
 )
 
 // ReadDeadLetters reads every message of the dead-letter stream. A stream that does not
@@ -65,6 +68,9 @@ func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream string)
 				Key:       letterKey(h.Get(headerKey)),
 				Class:     h.Get(headerClass),
 				Reason:    h.Get(headerReason),
+				Worker:    h.Get(headerWorker),
+				OriginSeq: h.Get(headerOrigin),
+				Position:  h.Get(headerPos),
 			}
 			if dl.EventID == "" {
 				var ce struct {
