@@ -28,6 +28,8 @@ type Emulator struct {
 	// Server is the in-process emulator, for reads that must not count as DPS operations
 	// (State, Counters) and cannot be refused by injected faults.
 	Server *emulator.Server
+
+	keyFile string // the certificate's private key, for taps
 }
 
 // Target is what a worker needs to reach the emulator directly.

@@ -89,3 +89,72 @@ func stateSeqs(es []dps.IndividualEnrollment) map[string]int {
 	}
 	return out
 }
+
+// TestTap checks that a tap serves the emulator and records each write with its ids, seqs,
+// status and failed bulk items.
+func TestTap(t *testing.T) {
+	emu, err := StartEmulator(t.Context(), t, EmulatorOptions{Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log WriteLog
+	target, err := emu.Tap(t, "w7", &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dps.NewClientFromConnectionString(target.ConnectionString, &dps.ClientOptions{
+		ClientOptions: azcore.ClientOptions{Transport: emu.Server.Client()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	en := func(id string, seq int) dps.IndividualEnrollment {
+		return dps.IndividualEnrollment{
+			RegistrationID: id,
+			Attestation:    &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey},
+			InitialTwin:    &dps.InitialTwin{Tags: dps.TwinCollection{"seq": json.RawMessage(fmt.Sprint(seq))}},
+		}
+	}
+	ctx := t.Context()
+	if _, err := c.RunBulkOperation(ctx, dps.BulkModeCreate, []dps.IndividualEnrollment{en("A", 1), en("b", 2)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RunBulkOperation(ctx, dps.BulkModeCreate, []dps.IndividualEnrollment{en("a", 3), en("c", 4)}, nil); err != nil {
+		t.Fatal(err) // a exists: item error
+	}
+	if _, err := c.CreateOrUpdateEnrollment(ctx, en("c", 5), &dps.CreateOrUpdateEnrollmentOptions{IfMatch: to(azcore.ETagAny)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteEnrollment(ctx, "b", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetEnrollment(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	got := log.Writes()
+	if len(got) != 4 {
+		t.Fatalf("got %d writes %+v, want 4 (the GET is not a write)", len(got), got)
+	}
+	for i, want := range []struct {
+		method string
+		ids    []string
+		seqs   []int
+		failed []string
+	}{
+		{"POST", []string{"a", "b"}, []int{1, 2}, nil},
+		{"POST", []string{"a", "c"}, []int{3, 4}, []string{"a"}},
+		{"PUT", []string{"c"}, []int{5}, nil},
+		{"DELETE", []string{"b"}, []int{-1}, nil},
+	} {
+		w := got[i]
+		if w.Tap != "w7" || w.Method != want.method || fmt.Sprint(w.IDs) != fmt.Sprint(want.ids) ||
+			fmt.Sprint(w.Seqs) != fmt.Sprint(want.seqs) || fmt.Sprint(w.Failed) != fmt.Sprint(want.failed) || w.Status/100 != 2 {
+			t.Errorf("write %d: got %+v, want %s %v seqs %v failed %v from tap w7", i, w, want.method, want.ids, want.seqs, want.failed)
+		}
+	}
+	if got[1].Applied("a") || !got[1].Applied("c") {
+		t.Errorf("got Applied(a)=%v Applied(c)=%v for the second bulk, want false, true", got[1].Applied("a"), got[1].Applied("c"))
+	}
+}
+
+func to[T any](v T) *T { return &v }
