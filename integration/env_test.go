@@ -54,6 +54,9 @@ type env struct {
 	dps         harness.DPSTarget
 	natsProxies []*harness.Proxy
 	dpsProxy    *harness.Proxy
+	opts        envOptions
+	// writes holds every enrollment write when opts.tap is set.
+	writes harness.WriteLog
 
 	mu      sync.Mutex
 	workers []harness.Worker
@@ -64,6 +67,13 @@ type env struct {
 type envOptions struct {
 	// proxied puts toxiproxy between the workers and NATS / DPS.
 	proxied bool
+	// tap gives every worker its own emulator tap (harness.Emulator.Tap, named by the worker
+	// id): every enrollment write lands in env.writes, attributed to its worker.
+	tap bool
+	// quota is the emulator's service operations per minute (0: off).
+	quota int
+	// worker is the template of every worker's spec (ID, NATSURLs and DPS are filled in).
+	worker harness.WorkerSpec
 }
 
 // newEnv starts the world or skips the test while a piece of the system is missing.
@@ -88,9 +98,9 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		}
 	})
 	ctx := testCtx(t)
-	e := &env{t: t, ctx: ctx, seed: seed, rng: rand.New(rand.NewPCG(seed, 1))}
+	e := &env{t: t, ctx: ctx, seed: seed, rng: rand.New(rand.NewPCG(seed, 1)), opts: opts}
 
-	emu, err := harness.StartEmulator(ctx, t, harness.EmulatorOptions{Seed: seed})
+	emu, err := harness.StartEmulator(ctx, t, harness.EmulatorOptions{Seed: seed, QuotaPerMinute: opts.quota})
 	if errors.Is(err, harness.ErrMissing) {
 		t.Skipf("emulator not available yet: %v", err)
 	}
@@ -267,7 +277,16 @@ func (e *env) startWorker(id string) (harness.Worker, error) {
 	}
 	e.started++
 	e.mu.Unlock()
-	w, err := backend.StartWorker(e.ctx, e.t, harness.WorkerSpec{ID: id, NATSURLs: e.natsURLs, DPS: e.dps})
+	spec := e.opts.worker
+	spec.ID, spec.NATSURLs, spec.DPS = id, e.natsURLs, e.dps
+	if e.opts.tap {
+		target, err := e.emu.Tap(e.t, id, &e.writes)
+		if err != nil {
+			return nil, err
+		}
+		spec.DPS = target
+	}
+	w, err := backend.StartWorker(e.ctx, e.t, spec)
 	if err != nil {
 		return nil, err
 	}
