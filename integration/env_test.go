@@ -375,12 +375,23 @@ func (e *env) run(spec runSpec) *workload.Report {
 		e.explain(ledger, report)
 		return report
 	}
-	for _, w := range e.liveWorkers() {
-		if err := w.Term(30 * time.Second); err != nil {
-			t.Errorf("graceful stop: %v", err)
-		}
-	}
+	e.stopAll()
 	return report
+}
+
+// stopAll stops every live worker with SIGTERM, all at once, and requires exit code 0.
+func (e *env) stopAll() {
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, w := range e.liveWorkers() {
+		wg.Go(func() {
+			if err := w.Term(30 * time.Second); err != nil {
+				e.t.Errorf("graceful stop: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	e.t.Logf("workers stopped gracefully in %v", time.Since(start).Round(time.Millisecond))
 }
 
 // converge polls until every consumer of the events stream has nothing pending or

@@ -273,9 +273,5 @@ func TestFleetQuota(t *testing.T) {
 	if elapsed < time.Minute {
 		t.Logf("note: the drain lasted %v, under a minute: a pace error of the fleet would not show as 429", elapsed)
 	}
-	for _, w := range e.liveWorkers() {
-		if err := w.Term(30 * time.Second); err != nil {
-			t.Errorf("graceful stop: %v", err)
-		}
-	}
+	e.stopAll()
 }
