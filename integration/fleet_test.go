@@ -64,7 +64,7 @@ func TestFleetTakeover(t *testing.T) {
 		},
 		converge: pick(3*time.Minute, 10*time.Minute),
 	})
-	if t.Failed() || victim == nil {
+	if victim == nil {
 		return
 	}
 	if len(victimParts) == 0 {
@@ -159,9 +159,11 @@ func TestFleetPausedWorker(t *testing.T) {
 		},
 		converge: pick(3*time.Minute, 10*time.Minute),
 	})
-	if t.Failed() || paused == nil {
+	if paused == nil {
 		return
 	}
+	// The checks below run also when the model check failed: they tell whether a stale
+	// write explains it.
 	if len(lost) == 0 {
 		t.Fatalf("worker %s owned no partition when it was paused", paused.ID())
 	}
