@@ -218,7 +218,7 @@ func TestFleetQuota(t *testing.T) {
 	}
 	// Drained and equal to the model; the state is read from the emulator directly, so the
 	// checker spends none of the quota.
-	deadline := time.Now().Add(pick(5*time.Minute, 10*time.Minute))
+	deadline := time.Now().Add(pick(3*time.Minute, 10*time.Minute))
 	var report *workload.Report
 	for {
 		drained, _ := e.drained()
@@ -235,7 +235,9 @@ func TestFleetQuota(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("backlog not drained within the bound; last report:\n%v", report)
+			c := e.emu.Server.Counters()
+			t.Fatalf("backlog not drained within the bound: %d of %d writes seen, emulator: %d ops, %d throttled, %d bulk calls with %d items, calls %v, ops per minute %v; last report:\n%v",
+				len(e.writes.Writes()), ledger.Len(), c.ServiceOps, c.Throttled, c.BulkCalls, c.BulkItems, c.Calls, c.ServiceOpsPerMinute, report)
 		}
 		e.sleep(500 * time.Millisecond)
 	}
