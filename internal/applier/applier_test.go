@@ -299,7 +299,7 @@ func TestBeforeCallPacesEveryOperation(t *testing.T) {
 func TestSameContentIgnoresServerFieldsAndCase(t *testing.T) {
 	want := item(dps.BulkModeCreate, "Dev-1", "")
 	got := Item{Kind: KindEnrollment, Enrollment: &dps.IndividualEnrollment{RegistrationID: "dev-1", DeviceID: "dev-1", ETag: "x",
-		Attestation: &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey},
+		Attestation:       &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey},
 		RegistrationState: &dps.DeviceRegistrationState{Status: dps.EnrollmentStatusUnassigned}}}
 	if !SameContent(want, got) {
 		t.Fatal("same content with server fields: got different")
