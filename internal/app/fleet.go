@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -175,15 +176,17 @@ func (pm *partitionManager) apply(a membership.Assignment) {
 
 // start attaches partition p once the previous owner's unacknowledged events can come back
 // first: right away when it handed over cleanly (nothing pending), else after AckWait, when
-// the server redelivers them ahead of newer events.
+// the server redelivers them ahead of newer events. Failures (JetStream unavailable during
+// an election, a node down) are retried for as long as this worker holds the lease: a
+// partition that is owned must be read.
 func (pm *partitionManager) start(p int, epoch uint64) {
 	log := pm.o.Logger.With("component", "partitions", "partition", p, "epoch", epoch)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cons, err := consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
-	if err != nil {
-		log.Error("partition consumer", "err", err)
-		pm.forget(p, epoch)
+	ctx := context.Background()
+	var cons jetstream.Consumer
+	if !pm.retry(ctx, p, epoch, log, "create partition consumer", func(ctx context.Context) (err error) {
+		cons, err = consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
+		return err
+	}) {
 		return
 	}
 	ackWait := pm.o.Consumer.AckWait
@@ -192,11 +195,13 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	}
 	deadline := time.Now().Add(ackWait + time.Second)
 	for {
-		if !pm.fleet.fence(p, epoch) {
+		if !pm.owned(p, epoch) {
 			pm.forget(p, epoch)
 			return
 		}
-		info, err := cons.Info(ctx)
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
 		if err == nil && info.NumAckPending == 0 {
 			break
 		}
@@ -207,19 +212,67 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	}
 	// The previous owner may have dead-lettered events of this partition since our index
 	// was loaded: learn them before any event of the partition is checked against it.
-	if err := pm.dl.index.Refresh(ctx); err != nil {
-		log.Error("refresh dead-letter index; partition not attached", "err", err)
-		pm.forget(p, epoch)
+	if !pm.retry(ctx, p, epoch, log, "refresh dead-letter index", pm.dl.index.Refresh) {
 		return
+	}
+	ro := pm.o.Read
+	ro.Reopen = func(ctx context.Context) (jetstream.Consumer, error) {
+		return consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
 	}
 	pm.mu.Lock()
 	defer pm.mu.Unlock()
 	if pm.active[p] != epoch || !pm.fleet.fence(p, epoch) {
 		return
 	}
-	if err := pm.eng.Attach(p, epoch, cons, pm.o.Read); err != nil {
+	if err := pm.eng.Attach(p, epoch, cons, ro); err != nil {
 		log.Error("attach partition", "err", err)
 		delete(pm.active, p)
+	}
+}
+
+// owned reports whether partition p is still this worker's at epoch, as far as both the
+// lease and the manager know.
+func (pm *partitionManager) owned(p int, epoch uint64) bool {
+	pm.mu.Lock()
+	active := pm.active[p] == epoch
+	pm.mu.Unlock()
+	return active && pm.fleet.fence(p, epoch)
+}
+
+// retry runs fn until it succeeds while p is owned at epoch (see retryWhile); when the
+// ownership ends first it forgets p and returns false.
+func (pm *partitionManager) retry(ctx context.Context, p int, epoch uint64, log *slog.Logger, what string, fn func(context.Context) error) bool {
+	if retryWhile(ctx, func() bool { return pm.owned(p, epoch) }, log, what, fn) {
+		return true
+	}
+	pm.forget(p, epoch)
+	return false
+}
+
+// retryWhile runs fn (each try bounded by 10 s) until it succeeds, with backoff from 200 ms
+// to 5 s, for as long as cond holds and ctx lasts. It reports whether fn succeeded.
+func retryWhile(ctx context.Context, cond func() bool, log *slog.Logger, what string, fn func(context.Context) error) bool {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		if !cond() || ctx.Err() != nil {
+			return false
+		}
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := fn(tctx)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				log.Info(what+" succeeded", "attempts", attempt)
+			}
+			return true
+		}
+		log.Warn(what+" failed; retrying while the partition is ours", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
 	}
 }
 

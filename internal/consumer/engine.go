@@ -130,6 +130,15 @@ type Options struct {
 	Retry       RetryPolicy
 	// KeepAlive is how often waiting events get InProgress (default AckWait/3 = 5 s).
 	KeepAlive time.Duration
+	// StaleWindow is how long the engine remembers the stream sequences of events it
+	// settled, so that a redelivered copy the server sent before it processed the ack is
+	// acknowledged and dropped instead of applied a second time, behind later events of its
+	// key (default 2 min; see Engine.accept).
+	StaleWindow time.Duration
+	// HoldCheckTimeout bounds one dead-letter hold check (default 5 s). A check that fails
+	// parks the key's events, in order, and is retried every HoldCheckRetry (default 1 s).
+	HoldCheckTimeout time.Duration
+	HoldCheckRetry   time.Duration
 	// Fence reports whether the worker still owns partition p at epoch; nil = always.
 	Fence func(p int, epoch uint64) bool
 	// WorkerID names this worker in dead letters.
@@ -170,6 +179,19 @@ func (o *Options) validate() error {
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 5 * time.Second
 	}
+	if o.StaleWindow == 0 {
+		o.StaleWindow = 2 * time.Minute
+	}
+	if o.HoldCheckTimeout == 0 {
+		o.HoldCheckTimeout = 5 * time.Second
+	}
+	if o.HoldCheckRetry == 0 {
+		o.HoldCheckRetry = time.Second
+	}
+	if o.KeepAlive < 0 || o.StaleWindow < 0 || o.HoldCheckTimeout < 0 || o.HoldCheckRetry < 0 {
+		return fmt.Errorf("consumer: KeepAlive %v, StaleWindow %v, HoldCheckTimeout %v and HoldCheckRetry %v must not be negative",
+			o.KeepAlive, o.StaleWindow, o.HoldCheckTimeout, o.HoldCheckRetry)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -201,6 +223,9 @@ type msgState struct {
 	received     time.Time
 	lastProgress time.Time
 	traceCtx     trace.SpanContext
+	// acked is set (by the goroutine that acknowledged it, before it hands the event back to
+	// the loop) once the server confirmed the ack.
+	acked bool
 }
 
 // retryState is an entry waiting for its next attempt. Its key stays blocked in the batcher.
@@ -261,10 +286,16 @@ type Engine struct {
 	stopOne sync.Once
 
 	// loop-owned state
-	held       map[*msgState]struct{}
-	bySeq      map[uint64]*msgState   // held events by stream sequence
-	retries    map[string]*retryState // by key
-	perPart    map[int]int            // events held per partition
+	held    map[*msgState]struct{}
+	bySeq   map[uint64]*msgState   // held events by stream sequence
+	retries map[string]*retryState // by key
+	perPart map[int]int            // events held per partition
+	// unchecked holds, per key, events whose dead-letter hold check failed, and every later
+	// event of the key, in order, until a check succeeds (nothing of the key may pass them).
+	unchecked map[string][]*msgState
+	nextCheck time.Time
+	// settled remembers recently settled events (stream sequence → when), see accept.
+	settled    *settledSet
 	inFlight   int
 	background int // goroutines dead-lettering outside a batch
 	stopping   bool
@@ -284,21 +315,23 @@ func NewEngine(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
 	return &Engine{
-		opts:    opts,
-		b:       b,
-		in:      make(chan inbound, 256),
-		done:    make(chan batchDone, 64),
-		keyDone: make(chan followDone, 64),
-		lone:    make(chan []*msgState, 64),
-		ctl:     make(chan func(), 16),
-		quit:    make(chan struct{}),
-		stopReq: make(chan struct{}),
-		stopped: make(chan struct{}),
-		held:    make(map[*msgState]struct{}),
-		bySeq:   make(map[uint64]*msgState),
-		retries: make(map[string]*retryState),
-		perPart: make(map[int]int),
-		parts:   make(map[int]*partitionReader),
+		opts:      opts,
+		b:         b,
+		in:        make(chan inbound, 256),
+		done:      make(chan batchDone, 64),
+		keyDone:   make(chan followDone, 64),
+		lone:      make(chan []*msgState, 64),
+		ctl:       make(chan func(), 16),
+		quit:      make(chan struct{}),
+		stopReq:   make(chan struct{}),
+		stopped:   make(chan struct{}),
+		held:      make(map[*msgState]struct{}),
+		bySeq:     make(map[uint64]*msgState),
+		retries:   make(map[string]*retryState),
+		perPart:   make(map[int]int),
+		unchecked: make(map[string][]*msgState),
+		settled:   newSettledSet(opts.StaleWindow),
+		parts:     make(map[int]*partitionReader),
 	}, nil
 }
 
@@ -331,9 +364,19 @@ func (e *Engine) Run(ctx context.Context) error {
 		if e.stopping {
 			e.b.Flush()
 		}
+		if len(e.unchecked) > 0 && !now.Before(e.nextCheck) {
+			e.recheckHolds(callCtx, now)
+		}
 		e.dispatchReady(callCtx, now)
 		if e.stopping && e.inFlight == 0 && e.background == 0 && e.b.Pending() == 0 && e.readersDone() {
 			return nil
+		}
+		// Backpressure: while the batcher is full, events stay with the readers (and the
+		// server) instead of being refused: refusing one (a nak) would let later events of
+		// its key, already pulled, overtake it.
+		in := e.in
+		if e.b.Pending() >= e.b.Config().MaxPending {
+			in = nil
 		}
 		wait := e.nextWake(now)
 		if !timer.Stop() {
@@ -352,8 +395,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.opts.Logger.Info("stopping: no more pulls, finishing in-flight work")
 			e.stopAllReaders(true)
 			e.abandonRetries()
-		case in := <-e.in:
-			e.accept(callCtx, in)
+		case m := <-in:
+			e.accept(callCtx, m)
 		case d := <-e.done:
 			e.complete(callCtx, d)
 		case f := <-e.keyDone:
@@ -370,7 +413,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		case fn := <-e.ctl:
 			fn()
 		case <-keepAlive.C:
-			e.keepAlive(e.opts.Now())
+			now := e.opts.Now()
+			e.keepAlive(now)
+			e.settled.prune(now)
 		case <-timer.C:
 		}
 	}
@@ -382,7 +427,15 @@ func (e *Engine) nextWake(now time.Time) time.Duration {
 		wait = d
 	}
 	for _, r := range e.retries {
+		if r.due.IsZero() {
+			continue // in flight: its result wakes the loop
+		}
 		if d := r.due.Sub(now); d < wait {
+			wait = d
+		}
+	}
+	if len(e.unchecked) > 0 {
+		if d := e.nextCheck.Sub(now); d < wait {
 			wait = d
 		}
 	}
@@ -393,6 +446,12 @@ func (e *Engine) nextWake(now time.Time) time.Duration {
 }
 
 // accept takes one message from a reader.
+//
+// A message whose sequence the engine holds already is a redelivery that crossed the
+// worker's InProgress: the copy is dropped, the held one settles it. A redelivered message
+// whose sequence the engine settled within StaleWindow is a copy the server sent before it
+// processed the ack: applying it again would put it behind later events of its key that are
+// applied meanwhile, so it is acknowledged and dropped.
 func (e *Engine) accept(ctx context.Context, in inbound) {
 	now := e.opts.Now()
 	st := &msgState{msg: in.msg, partition: in.partition, epoch: in.epoch, received: now, lastProgress: now}
@@ -403,10 +462,23 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	}
 	st.seq = meta.Sequence.Stream
 	if held, dup := e.bySeq[st.seq]; dup {
-		// A redelivery of an event this worker still works on (its InProgress came late):
-		// the first copy settles it; applying the second would repeat it out of order.
 		_ = in.msg.InProgress()
 		held.lastProgress = now
+		return
+	}
+	if meta.NumDelivered > 1 && e.settled.has(st.seq) {
+		e.opts.Logger.Info("stale redelivery of a settled event dropped", "seq", st.seq, "deliveries", meta.NumDelivered)
+		e.opts.Metrics.staleDropped(ctx)
+		e.background++
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.ack(ctx, st)
+			select {
+			case e.lone <- nil:
+			case <-ctx.Done():
+			}
+		}()
 		return
 	}
 	st.redelivered = meta.NumDelivered > 1
@@ -433,28 +505,75 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	}
 	st.dec = dec
 	st.dec.Item.Redelivered = st.redelivered
+	if q, parked := e.unchecked[dec.Key]; parked {
+		e.unchecked[dec.Key] = append(q, st) // behind the key's unchecked events
+		return
+	}
+	if !e.checkHold(ctx, st, now) {
+		e.unchecked[dec.Key] = []*msgState{st}
+		if e.nextCheck.IsZero() || e.nextCheck.Before(now) {
+			e.nextCheck = now.Add(e.opts.HoldCheckRetry)
+		}
+		return
+	}
+}
+
+// checkHold sends st to the batcher, or after its key's dead letter (class held) when the
+// dead-letter stream holds an earlier letter of the key. It returns false, doing nothing,
+// when the check could not be made: the caller parks st and retries later, in order.
+func (e *Engine) checkHold(ctx context.Context, st *msgState, now time.Time) bool {
 	if e.opts.HoldPolicy == HoldFollow {
-		reason, held, err := e.opts.DeadLetters.Held(ctx, dec.Key, st.position)
+		cctx, cancel := context.WithTimeout(ctx, e.opts.HoldCheckTimeout)
+		reason, held, err := e.opts.DeadLetters.Held(cctx, st.dec.Key, st.position)
+		cancel()
 		if err != nil {
-			// Cannot tell: let the event come back later rather than risk overtaking.
-			e.opts.Logger.Warn("hold check failed; event will be redelivered", "key", dec.Key, "err", err)
-			e.untrack(st)
-			_ = in.msg.NakWithDelay(time.Second)
-			return
+			e.opts.Logger.Warn("dead-letter hold check failed; the key waits and is checked again",
+				"key", st.dec.Key, "seq", st.seq, "err", err)
+			return false
 		}
 		if held {
 			l := e.letter(st, ClassHeld, applier.Outcome{Reason: reason}, 0, now)
 			e.deadLetterAsync(ctx, []*msgState{st}, l)
-			return
+			return true
 		}
 	}
-	it := batcher.Item{Key: dec.Key, Kind: string(dec.Item.Kind), Op: opOf(dec.Item.Op), Value: st}
+	it := batcher.Item{Key: st.dec.Key, Kind: string(st.dec.Item.Kind), Op: opOf(st.dec.Item.Op), Value: st}
 	if err := e.b.Add(now, it); err != nil {
-		// The batcher is full: MaxAckPending × partitions exceeds Batcher.MaxPending.
-		e.opts.Logger.Warn("batcher full; event will be redelivered", "key", dec.Key, "err", err)
-		e.untrack(st)
-		_ = in.msg.NakWithDelay(time.Second)
+		// Not reached: the loop stops taking events while the batcher is full, and parked
+		// keys re-enter it only while it has room. Keep the event rather than refuse it.
+		e.opts.Logger.Error("batcher refused an event; the key waits", "key", st.dec.Key, "err", err)
+		return false
 	}
+	return true
+}
+
+// recheckHolds retries the hold checks of parked keys, each key's events in order, while
+// the batcher has room.
+func (e *Engine) recheckHolds(ctx context.Context, now time.Time) {
+	for key, q := range e.unchecked {
+		for len(q) > 0 {
+			st := q[0]
+			if _, ok := e.held[st]; !ok { // dropped meanwhile
+				q = q[1:]
+				continue
+			}
+			if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+				e.untrack(st) // the partition's new owner gets it again
+				q = q[1:]
+				continue
+			}
+			if e.b.Pending() >= e.b.Config().MaxPending || !e.checkHold(ctx, st, now) {
+				break
+			}
+			q = q[1:]
+		}
+		if len(q) == 0 {
+			delete(e.unchecked, key)
+		} else {
+			e.unchecked[key] = q
+		}
+	}
+	e.nextCheck = now.Add(e.opts.HoldCheckRetry)
 }
 
 func (e *Engine) track(st *msgState) {
@@ -470,6 +589,9 @@ func (e *Engine) untrack(st *msgState) {
 	delete(e.held, st)
 	if e.bySeq[st.seq] == st {
 		delete(e.bySeq, st.seq)
+	}
+	if st.acked {
+		e.settled.add(st.seq, e.opts.Now())
 	}
 	e.perPart[st.partition]--
 	if e.perPart[st.partition] <= 0 {
@@ -582,6 +704,7 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 		outs := e.opts.Apply.Apply(spanCtx, items)
 		span.End()
 		now := e.opts.Now()
+		var acks []*msgState
 		for j, i := range live {
 			r := &d.results[i]
 			r.outcome = outs[j]
@@ -589,12 +712,13 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 			switch outs[j].Class {
 			case applier.Applied:
 				for _, st := range sts {
-					e.ack(ctx, st)
 					e.opts.Metrics.applied(ctx, now.Sub(st.received))
 				}
+				acks = append(acks, sts...)
 				r.final = true
 			case applier.Permanent:
 				if e.publishLetters(ctx, sts, ClassPermanent, outs[j], 1, now, now) {
+					acks = append(acks, sts...)
 					r.final, r.parked = true, true
 				}
 			case applier.Transient:
@@ -602,16 +726,21 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 					rs := d.retries[r.entry.Key]
 					if rs != nil && now.Sub(rs.first) >= e.opts.Retry.Budget {
 						if e.publishLetters(ctx, sts, ClassTransient, outs[j], rs.attempts+1, rs.first, now) {
+							acks = append(acks, sts...)
 							r.final, r.parked = true, true
 						}
 					}
 				} else if e.opts.Retry.Budget == 0 {
 					if e.publishLetters(ctx, sts, ClassTransient, outs[j], 1, now, now) {
+						acks = append(acks, sts...)
 						r.final, r.parked = true, true
 					}
 				}
 			}
 		}
+		// Every final outcome is acknowledged, and confirmed, before the loop releases the
+		// keys.
+		e.ackAll(ctx, acks)
 	}
 	select {
 	case e.done <- d:
@@ -630,9 +759,9 @@ func statesOf(en batcher.Entry) []*msgState {
 	return sts
 }
 
-// publishLetters dead-letters every event of one entry, then acks them. It retries the
-// publish until it succeeds or ctx ends; it returns false when ctx ended first (the events
-// stay unacknowledged and come back).
+// publishLetters dead-letters every event of one entry; the caller acks them. It retries
+// the publish until it succeeds or ctx ends; it returns false when ctx ended first (the
+// events stay unacknowledged and come back).
 func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class string, o applier.Outcome, attempts int, first, last time.Time) bool {
 	for i, st := range sts {
 		l := e.letter(st, class, o, attempts, last)
@@ -644,16 +773,38 @@ func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class stri
 			return false
 		}
 	}
-	for _, st := range sts {
-		e.ack(ctx, st)
-	}
 	return true
 }
 
+// ackAll acknowledges sts and waits for the server's confirmation of each: confirmed acks
+// (AckSync), sent concurrently so that a batch costs one round trip, not one per event. A
+// confirmed ack matters for order: the key's next event is released only after this one can
+// no longer be redelivered (a replicated consumer confirms an ack once a quorum stored it;
+// a plain ack followed by a flush can be lost with the consumer leader).
+func (e *Engine) ackAll(ctx context.Context, sts []*msgState) {
+	switch len(sts) {
+	case 0:
+		return
+	case 1:
+		e.ack(ctx, sts[0])
+		return
+	}
+	const maxConcurrentAcks = 32
+	sem := make(chan struct{}, maxConcurrentAcks)
+	var wg sync.WaitGroup
+	for _, st := range sts {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			e.ack(ctx, st)
+		}()
+	}
+	wg.Wait()
+}
+
 // ack acknowledges st and waits for the server's confirmation, retrying until it comes or
-// ctx ends. A confirmed ack matters for order: the key's next event is released only after
-// this one can no longer be redelivered, so a redelivery never replays an event behind a
-// later one of its key that was already applied.
+// ctx ends; st.acked tells which.
 func (e *Engine) ack(ctx context.Context, st *msgState) {
 	delay := 50 * time.Millisecond
 	for {
@@ -661,6 +812,7 @@ func (e *Engine) ack(ctx context.Context, st *msgState) {
 		err := st.msg.DoubleAck(actx)
 		cancel()
 		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			st.acked = true
 			return
 		}
 		if ctx.Err() != nil {
@@ -728,9 +880,7 @@ func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter)
 	go func() {
 		defer e.wg.Done()
 		if e.publishLetter(ctx, l) {
-			for _, st := range sts {
-				e.ack(ctx, st)
-			}
+			e.ackAll(ctx, sts)
 		}
 		select {
 		case e.lone <- sts:
@@ -831,6 +981,7 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 	go func() {
 		defer e.wg.Done()
 		now := e.opts.Now()
+		published := 0
 		for _, st := range sts {
 			why := reason
 			if r, held, err := e.opts.DeadLetters.Held(ctx, key, st.position); err == nil && held {
@@ -840,8 +991,9 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 			if !e.publishLetter(ctx, l) {
 				break
 			}
-			e.ack(ctx, st)
+			published++
 		}
+		e.ackAll(ctx, sts[:published])
 		select {
 		case e.keyDone <- followDone{key: key, sts: sts}:
 		case <-ctx.Done():
@@ -945,3 +1097,53 @@ func FenceFrom(ctx context.Context) func() bool {
 
 // HeaderPosition is the event header carrying a replayed event's original order position.
 const HeaderPosition = "Dpsync-Position"
+
+// settledSet remembers the stream sequences of settled events for a while. It is owned by
+// the engine's loop.
+type settledSet struct {
+	window time.Duration
+	at     map[uint64]time.Time
+	order  []settledEntry // in the order added, for pruning
+}
+
+type settledEntry struct {
+	seq uint64
+	at  time.Time
+}
+
+// maxSettled bounds the set whatever the rate: at 20,000 events/s a 2-minute window would
+// hold 2.4 M entries; the oldest go first.
+const maxSettled = 1 << 20
+
+func newSettledSet(window time.Duration) *settledSet {
+	return &settledSet{window: window, at: make(map[uint64]time.Time)}
+}
+
+func (s *settledSet) add(seq uint64, now time.Time) {
+	if _, ok := s.at[seq]; !ok {
+		s.order = append(s.order, settledEntry{seq, now})
+	}
+	s.at[seq] = now
+	for len(s.order) > maxSettled {
+		s.drop()
+	}
+}
+
+func (s *settledSet) has(seq uint64) bool { _, ok := s.at[seq]; return ok }
+
+func (s *settledSet) prune(now time.Time) {
+	for len(s.order) > 0 && now.Sub(s.order[0].at) > s.window {
+		s.drop()
+	}
+	if cap(s.order) > 1024 && len(s.order) < cap(s.order)/4 {
+		s.order = append([]settledEntry(nil), s.order...)
+	}
+}
+
+func (s *settledSet) drop() {
+	e := s.order[0]
+	s.order = s.order[1:]
+	if s.at[e.seq] == e.at {
+		delete(s.at, e.seq)
+	}
+}

@@ -110,6 +110,9 @@ type fakeDLQ struct {
 	mu      sync.Mutex
 	letters []Letter
 	failN   int // fail the next failN publishes
+	// heldFailEvery makes every n-th hold check fail (0: none).
+	heldFailEvery int
+	heldCalls     int
 }
 
 func (d *fakeDLQ) Publish(_ context.Context, l Letter) error {
@@ -126,6 +129,10 @@ func (d *fakeDLQ) Publish(_ context.Context, l Letter) error {
 func (d *fakeDLQ) Held(_ context.Context, key string, pos uint64) (string, bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.heldCalls++
+	if d.heldFailEvery > 0 && d.heldCalls%d.heldFailEvery == 0 {
+		return "", false, errors.New("dead-letter stream unavailable")
+	}
 	for _, l := range d.letters {
 		if l.Key == key && l.Position < pos {
 			return "held behind " + l.EventID, true, nil
@@ -186,7 +193,10 @@ func newRig(t *testing.T, parts int, opts Options) *rig {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := eng.Attach(p, 1, c, ReadOptions{PullBatch: 100}); err != nil {
+		ro := ReadOptions{PullBatch: 100, Reopen: func(ctx context.Context) (jetstream.Consumer, error) {
+			return EnsureConsumer(ctx, s, cfg, ConsumerConfig{AckWait: 2 * time.Second}, p)
+		}}
+		if err := eng.Attach(p, 1, c, ro); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -244,37 +254,120 @@ func (r *rig) backlog() (pending, unacked uint64) {
 	return pending, unacked
 }
 
+// TestEngineKeepsOrderPerKey applies 2,000 interleaved events over 100 keys and requires
+// each key's events applied in publish order, also when the batcher is nearly always full
+// (the engine must hold back, not refuse events) and when hold checks keep failing (the
+// key's events wait, in order, and are checked again).
 func TestEngineKeepsOrderPerKey(t *testing.T) {
-	fa := newFakeApplier(nil)
-	r := newRig(t, 4, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Coalesce: false}})
-	rng := rand.New(rand.NewPCG(1, 2))
-	ops := []string{"create", "update", "updateIfMatchETag", "delete"}
-	want := map[string][]string{}
-	var evs []testEvent
-	for i := 0; i < 2000; i++ {
-		key := fmt.Sprintf("dev-%03d", rng.IntN(100))
-		op := ops[rng.IntN(len(ops))]
-		evs = append(evs, testEvent{ID: fmt.Sprint("e", i), Key: key, Op: op, V: i})
-		want[key] = append(want[key], op+":"+fmt.Sprint(i))
+	for _, tc := range []struct {
+		name string
+		opts Options
+		dl   *fakeDLQ
+	}{
+		{name: "default", dl: &fakeDLQ{}},
+		{name: "batcher full", dl: &fakeDLQ{}, opts: Options{Batcher: batcher.Config{MaxPending: 3}}},
+		{name: "hold checks failing", dl: &fakeDLQ{heldFailEvery: 3}, opts: Options{HoldCheckRetry: 10 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fa := newFakeApplier(nil)
+			opts := tc.opts
+			opts.Apply, opts.DeadLetters = fa, tc.dl
+			r := newRig(t, 4, opts)
+			rng := rand.New(rand.NewPCG(1, 2))
+			ops := []string{"create", "update", "updateIfMatchETag", "delete"}
+			want := map[string][]string{}
+			var evs []testEvent
+			for i := 0; i < 2000; i++ {
+				key := fmt.Sprintf("dev-%03d", rng.IntN(100))
+				op := ops[rng.IntN(len(ops))]
+				evs = append(evs, testEvent{ID: fmt.Sprint("e", i), Key: key, Op: op, V: i})
+				want[key] = append(want[key], op+":"+fmt.Sprint(i))
+			}
+			r.publish(evs...)
+			r.waitAcked(60 * time.Second)
+			fa.mu.Lock()
+			defer fa.mu.Unlock()
+			for key, w := range want {
+				if got := fa.log[key]; strings.Join(got, ",") != strings.Join(w, ",") {
+					t.Fatalf("key %s applied as\n%v\nwant\n%v", key, got, w)
+				}
+			}
+			if fa.overlap {
+				t.Fatal("two items of one key were in flight at once")
+			}
+			if fa.maxSize > 10 {
+				t.Fatalf("largest call had %d items, want ≤ 10", fa.maxSize)
+			}
+			if fa.calls >= 2000 && tc.opts.Batcher.MaxPending == 0 {
+				t.Fatalf("%d calls for 2000 events: no batching", fa.calls)
+			}
+			if n := len(tc.dl.snapshot()); n != 0 {
+				t.Fatalf("got %d dead letters, want 0", n)
+			}
+		})
 	}
-	r.publish(evs...)
-	r.waitAcked(30 * time.Second)
+}
+
+// TestEngineDropsStaleRedelivery: the server redelivers an event whose InProgress did not
+// arrive in time; the copy reaches the engine only after the original was applied and
+// acknowledged and the key's next event was applied too. Applying the copy would put the
+// older event last; the engine must acknowledge and drop it.
+func TestEngineDropsStaleRedelivery(t *testing.T) {
+	copySeen := make(chan struct{})
+	nextApplied := make(chan struct{})
+	var once, nextOnce sync.Once
+	fa := newFakeApplier(func(it applier.Item, _ int) applier.Outcome {
+		if it.Enrollment.DeviceID == "2" {
+			nextOnce.Do(func() { close(nextApplied) })
+		}
+		return applier.Outcome{Class: applier.Applied}
+	})
+	blockFirst := &blockingApplier{inner: fa, block: func(it applier.Item) {
+		if it.Enrollment.DeviceID == "1" {
+			<-copySeen // hold the original until the server has redelivered it
+		}
+	}}
+	var mu sync.Mutex
+	decodes := map[string]int{}
+	decode := func(data []byte) (Decoded, error) {
+		d, err := testDecode(data)
+		mu.Lock()
+		decodes[d.EventID]++
+		n := decodes[d.EventID]
+		mu.Unlock()
+		if d.EventID == "s1" && n == 2 {
+			once.Do(func() { close(copySeen) })
+			<-nextApplied // the copy arrives after the key moved on
+		}
+		return d, err
+	}
+	// KeepAlive far beyond the rig's AckWait (2 s): the server redelivers the held event.
+	r := newRig(t, 1, Options{Apply: blockFirst, DeadLetters: &fakeDLQ{}, Decode: decode, KeepAlive: time.Minute})
+	r.publish(testEvent{ID: "s1", Key: "k", Op: "create", V: 1}, testEvent{ID: "s2", Key: "k", Op: "update", V: 2})
+	r.waitAcked(20 * time.Second)
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
-	for key, w := range want {
-		if got := fa.log[key]; strings.Join(got, ",") != strings.Join(w, ",") {
-			t.Fatalf("key %s applied as\n%v\nwant\n%v", key, got, w)
-		}
+	if got, want := strings.Join(fa.log["k"], ","), "create:1,update:2"; got != want {
+		t.Fatalf("key k applied as %s, want %s", got, want)
 	}
-	if fa.overlap {
-		t.Fatal("two items of one key were in flight at once")
+	mu.Lock()
+	defer mu.Unlock()
+	if decodes["s1"] < 2 {
+		t.Fatalf("s1 decoded %d times: the server did not redeliver it, the test proves nothing", decodes["s1"])
 	}
-	if fa.maxSize > 10 {
-		t.Fatalf("largest call had %d items, want ≤ 10", fa.maxSize)
+}
+
+// blockingApplier calls block for every item before passing the batch on.
+type blockingApplier struct {
+	inner Applier
+	block func(applier.Item)
+}
+
+func (b *blockingApplier) Apply(ctx context.Context, items []applier.Item) []applier.Outcome {
+	for _, it := range items {
+		b.block(it)
 	}
-	if fa.calls >= 2000 {
-		t.Fatalf("%d calls for 2000 events: no batching", fa.calls)
-	}
+	return b.inner.Apply(ctx, items)
 }
 
 func TestEnginePermanentFailureHoldsLaterEvents(t *testing.T) {
@@ -400,8 +493,16 @@ func TestEngineInvalidEventsGoToDeadLetters(t *testing.T) {
 			t.Errorf("letter %+v: want class invalid with a reason", l)
 		}
 	}
-	if letters[0].Key != "enrollment/x" {
-		t.Errorf("key of the undecodable event: got %q, want enrollment/x (from the subject)", letters[0].Key)
+	// The two letters are published concurrently (each retried on its own), so find the
+	// undecodable event's letter by its reason, not its place.
+	var keys []string
+	for _, l := range letters {
+		if strings.HasPrefix(l.Reason, "not JSON") {
+			keys = append(keys, l.Key)
+		}
+	}
+	if len(keys) != 1 || keys[0] != "enrollment/x" {
+		t.Errorf("key of the undecodable event: got %q, want [enrollment/x] (from the subject)", keys)
 	}
 }
 
@@ -462,4 +563,32 @@ func TestEngineGracefulStopFinishesWork(t *testing.T) {
 	if len(fa.log) != 7 {
 		t.Fatalf("applied %d keys before stopping, want 7", len(fa.log))
 	}
+}
+
+// TestEngineReopensPullEndedByServer: the server ends the partition's pull (here: its
+// consumer is deleted under the worker). The reader must pull again, through Reopen, so
+// that the owned partition is still read.
+func TestEngineReopensPullEndedByServer(t *testing.T) {
+	fa := newFakeApplier(nil)
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}})
+	r.publish(testEvent{ID: "a1", Key: "a", Op: "create", V: 1})
+	r.waitAcked(10 * time.Second)
+	if err := r.stream.DeleteConsumer(context.Background(), r.cfg.ConsumerName(0)); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(testEvent{ID: "a2", Key: "a", Op: "update", V: 2})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		fa.mu.Lock()
+		got := strings.Join(fa.log["a"], ",")
+		fa.mu.Unlock()
+		if strings.HasSuffix(got, "update:2") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the consumer was deleted: key a applied as %q, want it to end with update:2", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.waitAcked(10 * time.Second)
 }

@@ -18,6 +18,7 @@ type Metrics struct {
 	retries      metric.Int64Counter
 	latency      metric.Float64Histogram
 	inFlightCall metric.Int64UpDownCounter
+	stale        metric.Int64Counter
 }
 
 // NewMetrics creates the engine's instruments on m.
@@ -44,6 +45,9 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 	if x.inFlightCall, err = m.Int64UpDownCounter("dpsync.batches.in_flight", metric.WithDescription("Batches being applied.")); err != nil {
 		return nil, err
 	}
+	if x.stale, err = m.Int64Counter("dpsync.redeliveries.stale", metric.WithDescription("Redelivered copies of events already settled, acknowledged and dropped.")); err != nil {
+		return nil, err
+	}
 	return &x, nil
 }
 
@@ -63,3 +67,4 @@ func (m *Metrics) deadLettered(ctx context.Context, class string) {
 }
 func (m *Metrics) retried(ctx context.Context)           { m.retries.Add(ctx, 1) }
 func (m *Metrics) inFlight(ctx context.Context, d int64) { m.inFlightCall.Add(ctx, d) }
+func (m *Metrics) staleDropped(ctx context.Context)      { m.stale.Add(ctx, 1) }

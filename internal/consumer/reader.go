@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,9 +16,12 @@ import (
 type partitionReader struct {
 	p         int
 	epoch     uint64
-	it        jetstream.MessagesContext
-	done      chan struct{} // closed when the pull goroutine has returned
+	cons      jetstream.Consumer
+	ro        ReadOptions
+	it        jetstream.MessagesContext // guarded by Engine.partsMu
+	done      chan struct{}             // closed when the pull goroutine has returned
 	detached  bool
+	closing   bool // the engine is stopping: no new pull
 	onDrained func()
 }
 
@@ -28,6 +32,10 @@ type ReadOptions struct {
 	// Heartbeat of pull requests: a hung server is noticed within about twice this
 	// (default 5 s).
 	Heartbeat time.Duration
+	// Reopen, if set, returns the partition's consumer again (creating it if it is gone)
+	// when the server ended the pull while the partition was still attached (consumer
+	// deleted, bad request). Nil: the reader pulls the same consumer handle again.
+	Reopen func(ctx context.Context) (jetstream.Consumer, error)
 }
 
 // Attach starts reading partition p from cons under ownership epoch. Events read carry the
@@ -48,7 +56,7 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 	if err != nil {
 		return fmt.Errorf("pull partition %d: %w", p, err)
 	}
-	r := &partitionReader{p: p, epoch: epoch, it: it, done: make(chan struct{})}
+	r := &partitionReader{p: p, epoch: epoch, cons: cons, ro: ro, it: it, done: make(chan struct{})}
 	e.parts[p] = r
 	e.wg.Add(1)
 	go e.read(r)
@@ -59,11 +67,17 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 func (e *Engine) read(r *partitionReader) {
 	defer e.wg.Done()
 	defer close(r.done)
+	e.partsMu.Lock()
+	it := r.it
+	e.partsMu.Unlock()
 	for {
-		m, err := r.it.Next()
+		m, err := it.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
+				if it = e.reopen(r, err); it == nil {
+					return
+				}
+				continue
 			}
 			// Heartbeats missed, server gone for a moment: the iterator keeps trying.
 			e.opts.Logger.Warn("pull", "partition", r.p, "err", err)
@@ -85,6 +99,58 @@ func (e *Engine) read(r *partitionReader) {
 	}
 }
 
+// reopen starts a new pull when the server ended the current one while r is still attached,
+// retrying with backoff; it returns nil when r was detached or the engine stopped.
+func (e *Engine) reopen(r *partitionReader, cause error) jetstream.MessagesContext {
+	delay := 100 * time.Millisecond
+	for {
+		e.partsMu.Lock()
+		done := r.detached || r.closing
+		e.partsMu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-e.quit:
+			return nil
+		default:
+		}
+		e.opts.Logger.Warn("pull ended by the server; pulling again", "partition", r.p, "err", cause)
+		select {
+		case <-e.quit:
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+		cons := r.cons
+		if r.ro.Reopen != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c, err := r.ro.Reopen(ctx)
+			cancel()
+			if err != nil {
+				cause = err
+				continue
+			}
+			cons = c
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(r.ro.PullBatch), jetstream.PullHeartbeat(r.ro.Heartbeat))
+		if err != nil {
+			cause = err
+			continue
+		}
+		e.partsMu.Lock()
+		if r.detached || r.closing {
+			e.partsMu.Unlock()
+			it.Stop()
+			return nil
+		}
+		r.cons, r.it = cons, it
+		e.partsMu.Unlock()
+		e.opts.Logger.Info("pulling again", "partition", r.p)
+		return it
+	}
+}
+
 // Detach stops reading partition p. With graceful, messages already pulled are still
 // processed and onDrained (if not nil) is called from the engine's loop once the worker holds
 // no event of p anymore: only then may another worker take p without reordering. Without
@@ -102,11 +168,12 @@ func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
 	}
 	r.detached = true
 	r.onDrained = onDrained
+	it := r.it
 	e.partsMu.Unlock()
 	if graceful {
-		r.it.Drain()
+		it.Drain()
 	} else {
-		r.it.Stop()
+		it.Stop()
 	}
 	go func() {
 		<-r.done
@@ -162,6 +229,7 @@ func (e *Engine) stopAllReaders(graceful bool) {
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
 	for _, r := range e.parts {
+		r.closing = true // the reader must not pull again
 		if graceful {
 			r.it.Drain()
 		} else {
