@@ -83,6 +83,7 @@ func Run(ctx context.Context, o Options) error {
 		HoldPolicy:  o.HoldPolicy,
 		Retry:       o.Retry,
 		KeepAlive:   keepAliveFor(o.Consumer.AckWait),
+		Successor:   successorIn(stream),
 		Fence:       fleet.fence,
 		WorkerID:    o.WorkerID,
 		Logger:      o.Logger.With("component", "consumer"),
@@ -170,6 +171,21 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("worker stopped cleanly")
 	return nil
+}
+
+// successorIn reads the next event stored on a subject of s (one key's subject) after a
+// sequence: a direct get, no consumer involved.
+func successorIn(s jetstream.Stream) func(ctx context.Context, subject string, after uint64) ([]byte, uint64, bool, error) {
+	return func(ctx context.Context, subject string, after uint64) ([]byte, uint64, bool, error) {
+		m, err := s.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, 0, false, nil
+		}
+		if err != nil {
+			return nil, 0, false, fmt.Errorf("read next event on %s: %w", subject, err)
+		}
+		return m.Data, m.Sequence, true, nil
+	}
 }
 
 func keepAliveFor(ackWait time.Duration) time.Duration {

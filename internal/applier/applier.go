@@ -12,7 +12,13 @@
 //   - delete of an absent id (404201 / 404204) is applied: the desired state is reached.
 //   - a redelivered create answered 409201, or a redelivered updateIfMatchETag answered 412,
 //     costs one GET: when DPS already holds the event's content, the item counts as applied
-//     (the first delivery applied it and the worker died before the ack).
+//     (the first delivery applied it and the worker died before the ack). A create may also
+//     have been applied merged with the updates that followed it (batcher rule R2) by a
+//     worker that died before the ack; its successor may see the create alone. So a
+//     redelivered create also counts as applied when DPS holds the content of one of the
+//     key's next update events (Item.Later, read from the stream, no DPS operation): only a
+//     write of this create's merged group can have put it there, since the key's earlier
+//     events were settled before the create was first delivered.
 //   - a whole-request 400 splits the batch in halves until the bad item stands alone, so good
 //     items still apply.
 //   - per-item or whole-call 408, 429 and 5xx, timeouts and connection errors are transient.
@@ -55,6 +61,10 @@ type Item struct {
 	Group      *dps.EnrollmentGroup
 	// Redelivered says the event behind the item may already have been applied once.
 	Redelivered bool
+	// Later, when set, returns the item's key's next events, as long as they are updates,
+	// in order (a redelivered create only; nil otherwise). See the package doc: a previous
+	// owner may have applied the create merged with them.
+	Later func(ctx context.Context) ([]Item, error)
 }
 
 // ID returns the id the item targets, as the event spelled it.
@@ -349,7 +359,8 @@ func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome
 	return o
 }
 
-// alreadyHolds reports whether DPS already holds it's content (one GET).
+// alreadyHolds reports whether DPS already holds it's content, or that of one of the
+// key's next updates (one GET).
 func (a *Applier) alreadyHolds(ctx context.Context, it Item) bool {
 	if err := a.before(ctx, "get"); err != nil {
 		return false
@@ -359,7 +370,22 @@ func (a *Applier) alreadyHolds(ctx context.Context, it Item) bool {
 	if err != nil {
 		return false
 	}
-	return SameContent(it, cur)
+	if SameContent(it, cur) {
+		return true
+	}
+	if it.Later == nil {
+		return false
+	}
+	later, err := it.Later(ctx)
+	if err != nil {
+		return false // cannot tell: the conflict stands
+	}
+	for _, l := range later {
+		if SameContent(l, cur) {
+			return true
+		}
+	}
+	return false
 }
 
 func cacheKey(it Item) string { return string(it.Kind) + "/" + strings.ToLower(it.ID()) }

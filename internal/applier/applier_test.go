@@ -179,6 +179,38 @@ func TestApply(t *testing.T) {
 			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
+			name: "a redelivered create finding the content of its next update counts as applied (merged by the previous owner)",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "2"
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
+				Later: func(context.Context) ([]Item, error) {
+					return []Item{item(dps.BulkModeUpdate, "a", "3"), item(dps.BulkModeUpdate, "a", "2")}, nil
+				}}},
+			want:      "applied",
+			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
+			name: "a redelivered create whose next updates do not match either is permanent",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "other"
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
+				Later: func(context.Context) ([]Item, error) { return []Item{item(dps.BulkModeUpdate, "a", "2")}, nil }}},
+			want:      "permanent",
+			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
+			name: "a redelivered create whose next events cannot be read is permanent",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "2"
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
+				Later: func(context.Context) ([]Item, error) { return nil, errors.New("stream unavailable") }}},
+			want:      "permanent",
+			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
 			name:      "an update without a known etag is one PUT If-Match *",
 			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
 			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},

@@ -139,6 +139,10 @@ type Options struct {
 	// parks the key's events, in order, and is retried every HoldCheckRetry (default 1 s).
 	HoldCheckTimeout time.Duration
 	HoldCheckRetry   time.Duration
+	// Successor, if set, returns the first event stored on subject (as the stream stores
+	// it) with a sequence above after; found is false when there is none. The engine uses
+	// it to read a redelivered create's next events of its key (applier.Item.Later).
+	Successor func(ctx context.Context, subject string, after uint64) (data []byte, seq uint64, found bool, err error)
 	// Fence reports whether the worker still owns partition p at epoch; nil = always.
 	Fence func(p int, epoch uint64) bool
 	// WorkerID names this worker in dead letters.
@@ -680,6 +684,10 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 				it.Redelivered = true
 			}
 		}
+		if it.Redelivered && it.Op == dps.BulkModeCreate && e.opts.Successor != nil {
+			subject, after := st.msg.Subject(), st.seq // st is the entry's newest event
+			it.Later = func(ctx context.Context) ([]applier.Item, error) { return e.laterUpdates(ctx, subject, after) }
+		}
 		items = append(items, it)
 		live = append(live, i)
 		if st.traceCtx.IsValid() {
@@ -746,6 +754,31 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 	case e.done <- d:
 	case <-ctx.Done():
 	}
+}
+
+// maxLater bounds how many of a key's next events laterUpdates reads.
+const maxLater = 64
+
+// laterUpdates returns the update events that follow sequence after on subject (one key's
+// subject), in order, up to the first event that is not an update.
+func (e *Engine) laterUpdates(ctx context.Context, subject string, after uint64) ([]applier.Item, error) {
+	var out []applier.Item
+	for range maxLater {
+		data, seq, found, err := e.opts.Successor(ctx, subject, after)
+		if err != nil {
+			return out, err
+		}
+		if !found {
+			return out, nil
+		}
+		dec, err := e.opts.Decode(data)
+		if err != nil || dec.Item.Op != dps.BulkModeUpdate {
+			return out, nil
+		}
+		out = append(out, dec.Item)
+		after = seq
+	}
+	return out, nil
 }
 
 func statesOf(en batcher.Entry) []*msgState {

@@ -592,3 +592,55 @@ func TestEngineReopensPullEndedByServer(t *testing.T) {
 	}
 	r.waitAcked(10 * time.Second)
 }
+
+// TestEngineLaterUpdates reads a key's next events from the stream after a redelivered
+// create: the updates that follow it, in order, up to the first other operation, and
+// none of another key's.
+func TestEngineLaterUpdates(t *testing.T) {
+	block := make(chan struct{}) // nothing is applied: the test reads the stream only
+	defer close(block)
+	var r *rig
+	r = newRig(t, 1, Options{
+		Apply:       &blockingApplier{inner: newFakeApplier(nil), block: func(applier.Item) { <-block }},
+		DeadLetters: &fakeDLQ{},
+		Successor: func(ctx context.Context, subject string, after uint64) ([]byte, uint64, bool, error) {
+			m, err := r.stream.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return nil, 0, false, nil
+			}
+			if err != nil {
+				return nil, 0, false, err
+			}
+			return m.Data, m.Sequence, true, nil
+		},
+	})
+	var first uint64
+	for i, ev := range []testEvent{
+		{ID: "1", Key: "k", Op: "create", V: 1},
+		{ID: "2", Key: "other", Op: "update", V: 2},
+		{ID: "3", Key: "k", Op: "update", V: 3},
+		{ID: "4", Key: "k", Op: "update", V: 4},
+		{ID: "5", Key: "k", Op: "delete", V: 5},
+		{ID: "6", Key: "k", Op: "update", V: 6},
+	} {
+		b, _ := json.Marshal(ev)
+		ack, err := r.js.Publish(context.Background(), "dpsync.events.enrollment."+ev.Key, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = ack.Sequence
+		}
+	}
+	later, err := r.eng.laterUpdates(context.Background(), r.cfg.PartitionSubject(0)[:len(r.cfg.PartitionSubject(0))-1]+"enrollment.k", first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, it := range later {
+		got = append(got, string(it.Op)+":"+it.Enrollment.DeviceID)
+	}
+	if want := "update:3,update:4"; strings.Join(got, ",") != want {
+		t.Fatalf("later updates of k: got %v, want %s", got, want)
+	}
+}
