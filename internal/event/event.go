@@ -147,10 +147,23 @@ func Decode(b []byte) (*Event, error) {
 
 // Decode decodes and validates b. A rejected event yields an *InvalidError; b is kept in
 // Event.Raw (not copied: the caller must not modify it).
+//
+// A typical valid event is decoded by a single-pass fast path (fast.go); anything it does not
+// accept, including every invalid event, is decoded again by the schema validator, whose
+// verdict and error are the contract.
 func (d *Decoder) Decode(b []byte) (*Event, error) {
 	if len(b) > MaxSize {
 		return nil, &InvalidError{Reason: fmt.Sprintf("event is %d bytes, over DPS's 96 KB message limit (%d bytes)", len(b), MaxSize)}
 	}
+	if e, ok := decodeFast(b); ok {
+		return e, nil
+	}
+	return d.decodeSlow(b)
+}
+
+// decodeSlow decodes b by validating it against the schema, building the Event and
+// checking it. It decides every event the fast path does not accept and words the errors.
+func (d *Decoder) decodeSlow(b []byte) (*Event, error) {
 	doc, err := parseJSON(b)
 	if err != nil {
 		return nil, err
