@@ -259,7 +259,13 @@ func check(e *Event) error {
 			if certs.Primary == nil || certs.Primary.Certificate == "" {
 				return &InvalidError{Field: base + ".x509." + certsName + ".primary.certificate", Reason: "is required"}
 			}
-			for name, c := range map[string]*dps.X509CertificateWithInfo{"primary": certs.Primary, "secondary": certs.Secondary} {
+			// primary before secondary: the error names the smallest field path, so that
+			// an event always gets the same reason.
+			for _, nc := range [...]struct {
+				name string
+				c    *dps.X509CertificateWithInfo
+			}{{"primary", certs.Primary}, {"secondary", certs.Secondary}} {
+				name, c := nc.name, nc.c
 				if c == nil || c.Certificate == "" {
 					continue
 				}

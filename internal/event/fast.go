@@ -843,6 +843,10 @@ func (s *scanner) rawString() (raw []byte, esc, nonASCII, ok bool) {
 	start := s.i
 	for s.i < len(s.b) {
 		c := s.b[s.i]
+		if c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' {
+			s.i++ // the common case first
+			continue
+		}
 		switch {
 		case c == '"':
 			raw = s.b[start:s.i]

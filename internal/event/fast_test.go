@@ -234,6 +234,18 @@ func TestFastPathCases(t *testing.T) {
 	}
 }
 
+// TestCertificateErrorIsDeterministic: with both certificates bad, the error always names
+// the primary one (the smallest field path), however often the event is decoded.
+func TestCertificateErrorIsDeterministic(t *testing.T) {
+	b := []byte(`{"specversion":"1.0","id":"1","source":"s","type":"com.dpsync.enrollment.v1","data":{"operation":"create","enrollment":{"registrationId":"d","attestation":{"type":"x509","x509":{"clientCertificates":{"primary":{"certificate":"AAAA"},"secondary":{"certificate":"!!"}}}}}}}`)
+	const want = "data.enrollment.attestation.x509.clientCertificates.primary.certificate: is not a parseable X.509 certificate (x509: malformed certificate)"
+	for range 50 {
+		if _, err := Decode(b); err == nil || err.Error() != want {
+			t.Fatalf("Decode error: got %v, want %q", err, want)
+		}
+	}
+}
+
 // TestFastPathAgrees runs the invariant over every example and many mutations of each:
 // every member dropped, renamed, replaced by values of other types, by empty, long and
 // malformed strings and by the other enum values, unknown and known members added at every
@@ -407,4 +419,26 @@ func FuzzFastPathAgrees(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		agree(t, d, b)
 	})
+}
+
+// BenchmarkDecodeExamples decodes each valid example (the fast path) and a few invalid ones
+// (the fast path gives up, then the slow path words the error).
+func BenchmarkDecodeExamples(b *testing.B) {
+	d := newTestDecoder(b)
+	for _, dir := range []string{"valid", "invalid"} {
+		ex := readExamples(b, dir)
+		for _, name := range slices.Sorted(maps.Keys(ex)) {
+			if dir == "invalid" && !slices.Contains([]string{"registration-id-with-space", "misspelled-enrollment-field", "symmetric-key-not-base64"}, name) {
+				continue
+			}
+			ev := ex[name]
+			b.Run(dir+"/"+name, func(b *testing.B) {
+				b.SetBytes(int64(len(ev)))
+				b.ReportAllocs()
+				for b.Loop() {
+					_, _ = d.Decode(ev)
+				}
+			})
+		}
+	}
 }
