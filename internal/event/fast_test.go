@@ -3,8 +3,10 @@ package event
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/dpsync/dpsync/internal/dps"
+	"github.com/dpsync/dpsync/schemas"
 )
 
 // agree checks the fast path's invariant on b: when decodeFast accepts b, the slow path
@@ -98,6 +101,23 @@ func TestFastPathTaken(t *testing.T) {
 	b := inputs["enrollment-update-initial-twin"]
 	if got, want := testing.AllocsPerRun(100, func() { _, _ = Decode(b) }), 40.0; got > want {
 		t.Errorf("Decode allocations per valid event: got %v, want ≤ %v (is the fast path used?)", got, want)
+	}
+}
+
+// fastPathSchemaSHA256 is the SHA-256 of the schema the fast path (fast.go) mirrors.
+const fastPathSchemaSHA256 = "485a0133cecaf221c65c74555d3d18696b6316f4ff0e58d287edad4c491d54da"
+
+// TestFastPathSchemaUnchanged fails when schemas/event.v1.schema.json changes: the fast path
+// mirrors the schema by hand and must be reviewed (fast.go, then the additions and cases in
+// this file) before the new hash is written here. A field the fast path does not know is
+// safe (it gives up); a tightened rule is not (it would accept what the schema rejects).
+func TestFastPathSchemaUnchanged(t *testing.T) {
+	b, err := fs.ReadFile(schemas.FS(), schemas.EventV1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != fastPathSchemaSHA256 {
+		t.Fatalf("%s SHA-256: got %s, want %s; review fast.go against the schema change, then update fastPathSchemaSHA256", schemas.EventV1, got, fastPathSchemaSHA256)
 	}
 }
 
