@@ -219,14 +219,25 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	ro.Reopen = func(ctx context.Context) (jetstream.Consumer, error) {
 		return consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
 	}
-	pm.mu.Lock()
-	defer pm.mu.Unlock()
-	if pm.active[p] != epoch || !pm.fleet.fence(p, epoch) {
-		return
-	}
-	if err := pm.eng.Attach(p, epoch, cons, ro); err != nil {
-		log.Error("attach partition", "err", err)
-		delete(pm.active, p)
+	// A previous attachment of p (an earlier epoch of ours) may still have a DPS call in
+	// flight: the engine refuses until it has settled.
+	var attachErr error
+	pm.retry(ctx, p, epoch, log, "attach partition", func(context.Context) error {
+		pm.mu.Lock()
+		defer pm.mu.Unlock()
+		if pm.active[p] != epoch || !pm.fleet.fence(p, epoch) {
+			return nil // no longer ours: retry's next check forgets it
+		}
+		err := pm.eng.Attach(p, epoch, cons, ro)
+		if errors.Is(err, consumer.ErrPartitionDraining) {
+			return err
+		}
+		attachErr = err
+		return nil
+	})
+	if attachErr != nil {
+		log.Error("attach partition", "err", attachErr)
+		pm.forget(p, epoch)
 	}
 }
 

@@ -20,12 +20,14 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -465,6 +467,9 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		return
 	}
 	st.seq = meta.Sequence.Stream
+	if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+		return // pulled before the partition was lost: the new owner gets it again
+	}
 	if held, dup := e.bySeq[st.seq]; dup {
 		_ = in.msg.InProgress()
 		held.lastProgress = now
@@ -935,6 +940,12 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 	var hold []string
 	for _, r := range d.results {
 		key := r.entry.Key
+		if !r.fenced && !r.final && e.opts.Fence != nil {
+			// A failed attempt of a partition lost meanwhile is not retried here: the new
+			// owner has the events.
+			st := r.entry.Value.(*msgState)
+			r.fenced = !e.opts.Fence(st.partition, st.epoch)
+		}
 		switch {
 		case r.fenced:
 			for _, st := range statesOf(r.entry) {
@@ -1032,6 +1043,42 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 		case <-ctx.Done():
 		}
 	}()
+}
+
+// dropPartition gives back every event of partition p the engine holds and that is not in a
+// DPS call: pending in the batcher, waiting for a retry, or parked behind a hold check. Called
+// when p was lost; the calls in flight settle when they return. The events are nak'd in stream
+// order, so the server queues them for redelivery at once, ahead of newer events of p: whoever
+// reads p next (the new owner, or this worker at a new epoch) gets them first, in order.
+func (e *Engine) dropPartition(p int) {
+	keys := map[string]bool{}
+	for st := range e.held {
+		if st.partition == p && st.dec.Key != "" {
+			keys[st.dec.Key] = true
+		}
+	}
+	var dropped []*msgState
+	for key := range keys {
+		for _, en := range e.b.TakeKey(key) {
+			dropped = append(dropped, statesOf(en)...)
+		}
+		if r, ok := e.retries[key]; ok && !r.due.IsZero() {
+			dropped = append(dropped, statesOf(r.entry)...)
+			delete(e.retries, key)
+			e.b.Release(key)
+		}
+		dropped = append(dropped, e.unchecked[key]...)
+		delete(e.unchecked, key)
+	}
+	if len(dropped) == 0 {
+		return
+	}
+	slices.SortFunc(dropped, func(a, b *msgState) int { return cmp.Compare(a.seq, b.seq) })
+	for _, st := range dropped {
+		e.untrack(st)
+		_ = st.msg.Nak()
+	}
+	e.opts.Logger.Info("partition lost: gave its held events back for redelivery", "partition", p, "events", len(dropped))
 }
 
 // abandonRetries forgets events waiting for a retry at shutdown: they stay unacknowledged

@@ -644,3 +644,57 @@ func TestEngineLaterUpdates(t *testing.T) {
 		t.Fatalf("later updates of k: got %v, want %s", got, want)
 	}
 }
+
+// TestEngineReattachAfterLoss: the worker loses a partition while one event of a key is in
+// a DPS call and the key's next event waits in the batcher, then wins the partition back
+// at a new epoch. The new attachment must wait for the call to settle, the waiting event
+// must come back through the new reader (not be mistaken for a copy of one still held),
+// and a newer event of the key must not overtake it.
+func TestEngineReattachAfterLoss(t *testing.T) {
+	var epoch sync.Map // partition → owned epoch
+	epoch.Store(0, uint64(1))
+	fence := func(p int, e uint64) bool { v, ok := epoch.Load(p); return ok && v.(uint64) == e }
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // never leave the call blocked
+	inCall := make(chan struct{}, 1)
+	fa := newFakeApplier(nil)
+	ap := &blockingApplier{inner: fa, block: func(it applier.Item) {
+		if it.Enrollment.DeviceID == "1" {
+			inCall <- struct{}{}
+			<-release
+		}
+	}}
+	r := newRig(t, 1, Options{Apply: ap, DeadLetters: &fakeDLQ{}, Fence: fence, Batcher: batcher.Config{Coalesce: false}})
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1}, testEvent{ID: "2", Key: "k", Op: "update", V: 2})
+	<-inCall // event 1 is in its DPS call; event 2 waits behind it
+
+	epoch.Store(0, uint64(2)) // lost epoch 1, won epoch 2
+	r.eng.Detach(0, false, nil)
+	cons, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.eng.Attach(0, 2, cons, ReadOptions{PullBatch: 100}); !errors.Is(err, ErrPartitionDraining) {
+		t.Fatalf("attach while a call of the old attachment is in flight: got %v, want ErrPartitionDraining", err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := r.eng.Attach(0, 2, cons, ReadOptions{PullBatch: 100})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrPartitionDraining) || time.Now().After(deadline) {
+			t.Fatalf("attach after the call settled: got %v, want nil", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.publish(testEvent{ID: "3", Key: "k", Op: "update", V: 3})
+	r.waitAcked(20 * time.Second)
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if got, want := strings.Join(fa.log["k"], ","), "create:1,update:2,update:3"; got != want {
+		t.Fatalf("key k applied as %s, want %s", got, want)
+	}
+}

@@ -38,6 +38,12 @@ type ReadOptions struct {
 	Reopen func(ctx context.Context) (jetstream.Consumer, error)
 }
 
+// ErrPartitionDraining is returned by Attach while the engine still holds events of the
+// partition from its previous attachment (a DPS call in flight): a new reader then would get
+// redelivered copies of events the engine still holds, and the key's later events could
+// overtake them. Retry after a moment.
+var ErrPartitionDraining = errors.New("events of the previous attachment are still held")
+
 // Attach starts reading partition p from cons under ownership epoch. Events read carry the
 // epoch; the engine checks it with Fence before each DPS call.
 func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOptions) error {
@@ -49,8 +55,11 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 	}
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
-	if r, ok := e.parts[p]; ok && !r.detached {
-		return fmt.Errorf("partition %d is already attached", p)
+	if r, ok := e.parts[p]; ok {
+		if !r.detached {
+			return fmt.Errorf("partition %d is already attached", p)
+		}
+		return fmt.Errorf("partition %d: %w", p, ErrPartitionDraining)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(ro.PullBatch), jetstream.PullHeartbeat(ro.Heartbeat))
 	if err != nil {
@@ -177,8 +186,15 @@ func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
 	}
 	go func() {
 		<-r.done
+		check := func() { e.partitionIdleCheck(p) }
+		if !graceful {
+			// Ownership is lost: the events of p the engine holds are the new owner's now.
+			// Drop them at once (those in a DPS call settle when it returns), so that a new
+			// attachment of p starts without them.
+			check = func() { e.dropPartition(p); e.partitionIdleCheck(p) }
+		}
 		select {
-		case e.ctl <- func() { e.partitionIdleCheck(p) }:
+		case e.ctl <- check:
 		case <-e.quit:
 		}
 	}()
