@@ -46,6 +46,11 @@
 // the history. A letter whose count reached MaxRedrives (default the schedule's length) is
 // parked: replaced by a permanent letter whose Dpsync-History lists every failure.
 //
+// A held letter with no letter of its key ahead of it (the letter it followed was purged,
+// or replayed while the event was being held, so the replay did not select it) is
+// released at the next pass: it and the held letters behind it are republished in order,
+// without counting a redrive. Otherwise it would hold its key for ever.
+//
 // # Replay safety
 //
 // Replay (and redrive) republish a letter's body to its Dpsync-Origin-Subject with

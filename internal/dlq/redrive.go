@@ -22,9 +22,19 @@ type Clock interface {
 	Now() time.Time
 }
 
+// Timer is a Clock that also paces Run: After(d) delivers once d has passed on the clock.
+// A Clock that is not a Timer decides only which letters are due; Run then waits Interval
+// on the system clock between passes. A fake clock that implements Timer drives Run
+// entirely (tests advance it instead of sleeping).
+type Timer interface {
+	Clock
+	After(d time.Duration) <-chan time.Time
+}
+
 type systemClock struct{}
 
-func (systemClock) Now() time.Time { return time.Now() }
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // RedriverOptions configure a Redriver.
 type RedriverOptions struct {
@@ -40,7 +50,8 @@ type RedriverOptions struct {
 	MaxRedrives int
 	// Interval is how often Run looks (default 15 s).
 	Interval time.Duration
-	// Clock (default the system clock).
+	// Clock decides which letters are due (default the system clock); if it is a Timer it
+	// also paces Run.
 	Clock Clock
 	// Owns reports whether this worker owns the partition of key; only such keys are
 	// redriven (nil: all keys).
@@ -61,8 +72,14 @@ type RedriverOptions struct {
 //   - transient without redrives left: parked, i.e. republished into the dead-letter
 //     stream as class permanent with its failure added to Dpsync-History (id
 //     "park.<old seq>", deduplicated if a crash repeats it), then the old letter removed.
-//   - anything else (permanent, invalid, held, not due): left alone, and so is the rest
-//     of the key, so nothing overtakes it.
+//   - held: nothing is ahead of it any more. The letter it followed was purged, replayed
+//     or redriven without it (a replay selects its letters when it starts, so an event
+//     held while the replay ran is not among them), and a held letter never failed
+//     itself: it and the held letters right behind it are released, i.e. republished in
+//     order as in a replay, at once and without counting a redrive. Left alone it would
+//     hold its key for ever, every later event of the key following it.
+//   - anything else (permanent, invalid, transient not due): left alone, and so is the
+//     rest of the key, so nothing overtakes it.
 //
 // A pass reads the stream's headers only when the stream changed since the previous pass
 // (one stream-info round trip otherwise), so a large stream of parked letters costs little.
@@ -130,6 +147,9 @@ type RedriveReport struct {
 	Redriven  int // transient letters republished and removed
 	Followers int // held letters republished behind them
 	Parked    int // transient letters parked as permanent
+	// Released is the number of held letters republished because no letter of their key
+	// was ahead of them any more.
+	Released int
 	// NextDue is the earliest due time of a transient letter left waiting (zero: none).
 	NextDue time.Time
 }
@@ -152,10 +172,14 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 			break
 		}
 		first := g[0]
-		if first.Class != ClassTransient || first.Key == "" {
+		if (first.Class != ClassTransient && first.Class != ClassHeld) || first.Key == "" {
 			continue
 		}
 		if r.opts.Owns != nil && !r.opts.Owns(first.Key) {
+			continue
+		}
+		if first.Class == ClassHeld {
+			errs = append(errs, r.release(ctx, st, g, &rep)...)
 			continue
 		}
 		if first.Redrives >= r.opts.MaxRedrives {
@@ -173,13 +197,7 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 			}
 			continue
 		}
-		batch := []Letter{first}
-		for _, l := range g[1:] {
-			if l.Class != ClassHeld {
-				break
-			}
-			batch = append(batch, l)
-		}
+		batch := append([]Letter{first}, heldRun(g[1:])...)
 		st.replayKey(ctx, batch, func(l Letter) replayHeaders {
 			if l.Seq != first.Seq {
 				return replayHeaders{}
@@ -207,6 +225,38 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 		errs = append(errs, err)
 	}
 	return rep, errors.Join(errs...)
+}
+
+// heldRun is the held letters at the start of g: the letters a redrive or release of g's
+// first letter takes along.
+func heldRun(g []Letter) []Letter {
+	n := 0
+	for n < len(g) && g[n].Class == ClassHeld {
+		n++
+	}
+	return g[:n]
+}
+
+// release republishes the held letters at the head of g, in order, as a replay does: their
+// blocker is gone. A held letter never failed, so no redrive is counted.
+func (r *Redriver) release(ctx context.Context, st *Store, g []Letter, rep *RedriveReport) []error {
+	var errs []error
+	st.replayKey(ctx, heldRun(g), func(Letter) replayHeaders { return replayHeaders{} }, func(l Letter, err error) {
+		switch {
+		case err == nil || errors.Is(err, errGone):
+			if r.opts.Index != nil {
+				r.opts.Index.Remove(l.Key, l.Seq)
+			}
+			if err == nil {
+				rep.Released++
+				r.logger.Info("held dead letter released: no letter of its key is ahead of it", "seq", l.Seq, "key", l.Key)
+			}
+		case errors.Is(err, errSkipped):
+		default:
+			errs = append(errs, err)
+		}
+	})
+	return errs
 }
 
 // letters returns the stream's letters (headers only), from the cache when the stream's
@@ -271,11 +321,14 @@ func (r *Redriver) park(ctx context.Context, st *Store, l Letter) error {
 	return nil
 }
 
-// Run calls RunOnce every Interval until ctx ends, logging what each pass did and any
-// error. It returns when ctx ends; the caller's goroutine owns the loop.
+// Run calls RunOnce every Interval (on the Clock if it is a Timer, else on the system
+// clock) until ctx ends, logging what each pass did and any error. It returns when ctx
+// ends; the caller's goroutine owns the loop.
 func (r *Redriver) Run(ctx context.Context) {
-	t := time.NewTicker(r.opts.Interval)
-	defer t.Stop()
+	timer, ok := r.opts.Clock.(Timer)
+	if !ok {
+		timer = systemClock{}
+	}
 	for {
 		rep, err := r.RunOnce(ctx, r.opts.Clock.Now())
 		if ctx.Err() != nil {
@@ -283,13 +336,13 @@ func (r *Redriver) Run(ctx context.Context) {
 		}
 		if err != nil {
 			r.logger.Warn("redrive pass incomplete; retried next pass", "err", err)
-		} else if rep.Redriven+rep.Parked > 0 {
-			r.logger.Info("redrive pass", "redriven", rep.Redriven, "followers", rep.Followers, "parked", rep.Parked)
+		} else if rep.Redriven+rep.Parked+rep.Released > 0 {
+			r.logger.Info("redrive pass", "redriven", rep.Redriven, "followers", rep.Followers, "parked", rep.Parked, "released", rep.Released)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-timer.After(r.opts.Interval):
 		}
 	}
 }

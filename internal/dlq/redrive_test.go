@@ -195,3 +195,181 @@ func TestRedriverRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// A held letter whose blocker is gone (purged here) is released at the next pass with the
+// held letters behind it, in order, without a redrive count; a held letter that still has
+// a letter ahead of it stays.
+func TestRedriveReleasesHeldLetterWhoseBlockerIsGone(t *testing.T) {
+	e := newEnv(t)
+	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	x := NewHoldIndex(e.js, "")
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Index: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := letter("enrollment/dev-1", 7, "create", ClassPermanent, 409201, t0)
+	held1 := letter("enrollment/dev-1", 9, "update", ClassHeld, 0, t0)
+	held2 := letter("enrollment/dev-1", 11, "delete", ClassHeld, 0, t0)
+	otherRoot := letter("enrollment/dev-2", 8, "create", ClassPermanent, 409201, t0)
+	otherHeld := letter("enrollment/dev-2", 10, "update", ClassHeld, 0, t0)
+	seqs := e.publish(t, root, held1, held2, otherRoot, otherHeld)
+	for i, l := range []Letter{root, held1, held2, otherRoot, otherHeld} {
+		l.Seq = seqs[i]
+		x.AddLetter(l)
+	}
+
+	// Both keys are blocked by a permanent letter: nothing moves, however late.
+	if rep, err := r.RunOnce(e.ctx, t0.Add(100*time.Hour)); err != nil || rep != (RedriveReport{}) {
+		t.Fatalf("blocked: got %+v %v, want nothing done", rep, err)
+	}
+	// The operator purges dev-1's failed create (and only it).
+	if _, err := e.st.Purge(e.ctx, Filter{KeyGlob: "dev-1", Class: ClassPermanent}); err != nil {
+		t.Fatal(err)
+	}
+	x.Remove(root.Key, seqs[0])
+	rep, err := r.RunOnce(e.ctx, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Released != 2 || rep.Redriven != 0 || rep.Parked != 0 {
+		t.Fatalf("after purge: got %+v, want the 2 held letters of dev-1 released", rep)
+	}
+	left, _ := e.st.List(e.ctx, Filter{})
+	if got, want := seqsOf(left), seqs[3:]; !reflect.DeepEqual(got, want) {
+		t.Errorf("left: got %v, want dev-2's letters %v (still blocked)", got, want)
+	}
+	evs := dlqtest.Messages(t, events)
+	if len(evs) != 2 {
+		t.Fatalf("events: got %d, want 2", len(evs))
+	}
+	for i, want := range []struct {
+		of, pos string
+	}{{strconv.FormatUint(seqs[1], 10), "9"}, {strconv.FormatUint(seqs[2], 10), "11"}} {
+		h := evs[i].Header
+		if h.Get(HeaderReplayOf) != want.of || h.Get(HeaderPosition) != want.pos || h.Get(HeaderRedrives) != "" {
+			t.Errorf("event %d: replay-of %q position %q redrives %q, want %s %s and no redrive count",
+				i, h.Get(HeaderReplayOf), h.Get(HeaderPosition), h.Get(HeaderRedrives), want.of, want.pos)
+		}
+	}
+	if x.Len() != 2 {
+		t.Errorf("hold index: got %d letters, want dev-2's 2", x.Len())
+	}
+}
+
+// An event held while a replay of its key runs is not among the letters the replay
+// selected: once the replay removed the letter ahead of it, the redriver releases it.
+func TestRedriveReleasesLetterHeldDuringReplay(t *testing.T) {
+	e := newEnv(t)
+	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	root := letter("enrollment/dev-1", 7, "create", ClassPermanent, 409201, t0)
+	rootSeq := e.publish(t, root)[0]
+	rep, err := e.st.Replay(e.ctx, Filter{KeyGlob: "dev-1"}, ReplayOptions{})
+	if err != nil || len(rep.Replayed) != 1 {
+		t.Fatalf("replay: %+v %v", rep, err)
+	}
+	// The worker held a later event behind the root while the replay ran (the root's
+	// letter was still there when it checked); the replay had selected its letters already.
+	lateLetter := letter("enrollment/dev-1", 12, "update", ClassHeld, 0, t0)
+	lateLetter.Reason = "held behind dead letter " + strconv.FormatUint(rootSeq, 10) + " (DPS 409201 on create)"
+	late := e.publish(t, lateLetter)[0]
+
+	r, err := NewRedriver(RedriverOptions{JS: e.js})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := r.RunOnce(e.ctx, t0); err != nil || rep.Released != 1 {
+		t.Fatalf("got %+v %v, want the late held letter released", rep, err)
+	}
+	if n := msgCount(t, e.dlq); n != 0 {
+		t.Errorf("dead letters left: %d, want 0", n)
+	}
+	evs := dlqtest.Messages(t, events)
+	if len(evs) != 2 || evs[0].Header.Get(HeaderReplayOf) != strconv.FormatUint(rootSeq, 10) || evs[1].Header.Get(HeaderReplayOf) != strconv.FormatUint(late, 10) {
+		t.Fatalf("events: got %d, want the replayed root then the released late event", len(evs))
+	}
+}
+
+// timerClock is a fake Timer: After fires when Advance moves the time past its deadline.
+type timerClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []timerWaiter
+}
+
+type timerWaiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func (c *timerClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *timerClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	c.waiters = append(c.waiters, timerWaiter{c.now.Add(d), ch})
+	return ch
+}
+
+func (c *timerClock) Waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiters)
+}
+
+func (c *timerClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if w.at.After(c.now) {
+			kept = append(kept, w)
+			continue
+		}
+		w.ch <- c.now
+	}
+	c.waiters = kept
+}
+
+// With a Timer clock, Run waits on that clock between passes: nothing happens while the
+// fake time stands still, however long the wall clock runs, and a pass follows an Advance.
+func TestRedriverRunPacedByTimerClock(t *testing.T) {
+	e := newEnv(t)
+	dlqtest.EventsStream(t, e.js, "", time.Minute)
+	clock := &timerClock{now: t0}
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Clock: clock, Interval: 30 * time.Second, Schedule: []time.Duration{time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s", what)
+			}
+			time.Sleep(5 * time.Millisecond) // polling an outcome, not timing it
+		}
+	}
+	waitFor("first pass", func() bool { return clock.Waiting() == 1 })
+	e.publish(t, letter("enrollment/a", 1, "create", ClassTransient, 0, t0))
+	clock.Advance(30 * time.Second) // a pass at t0+30s: not due
+	waitFor("second pass", func() bool { return clock.Waiting() == 1 })
+	if n := msgCount(t, e.dlq); n != 1 {
+		t.Fatalf("before due: %d letters, want 1", n)
+	}
+	clock.Advance(30 * time.Second) // t0+1m: due
+	waitFor("redrive", func() bool { return msgCount(t, e.dlq) == 0 })
+}
