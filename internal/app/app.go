@@ -40,11 +40,6 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	dpsConn, err := connectDPS(ctx, &o, tel, &td)
-	if err != nil {
-		return err
-	}
-
 	stream, err := consumer.EnsureStream(ctx, js, o.Stream)
 	if err != nil {
 		return err
@@ -58,11 +53,16 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	dm, err := newDPSMetrics(tel.Meter("dpsync/dps"))
+	if err != nil {
+		return err
+	}
+	dpsConn, err := connectDPS(ctx, &o, tel, &td, pacePolicy{pace: fleet.pace, m: dm})
+	if err != nil {
+		return err
+	}
 
-	ap, err := applier.New(dpsConn.adapter, applier.Options{
-		BeforeCall: fleet.beforeCall,
-		AfterCall:  fleet.afterCall,
-	})
+	ap, err := applier.New(dpsConn.adapter, applier.Options{AfterCall: dm.afterCall})
 	if err != nil {
 		return err
 	}

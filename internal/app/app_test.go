@@ -74,7 +74,7 @@ func newStack(t *testing.T, emuOpts emulator.Options) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcoreOpts(hc, 10*time.Second)})
+	client, err := dps.NewClientFromConnectionString(emu.ConnectionString(), &dps.ClientOptions{ClientOptions: azcoreOpts(hc, 10*time.Second, unpaced(t))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ type dpsConnection struct {
 
 // connectDPS builds the DPS client from the options, starting the embedded emulator when
 // no DPS is configured.
-func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *teardown) (*dpsConnection, error) {
+func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *teardown, pace pacePolicy) (*dpsConnection, error) {
 	log := o.Logger.With("component", "dps")
 	conn := &dpsConnection{}
 	connStr := o.DPSConnectionString
@@ -59,7 +59,7 @@ func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *t
 		return nil, err
 	}
 	copts := &dps.ClientOptions{
-		ClientOptions:  azcoreOpts(transport, o.DPSTryTimeout),
+		ClientOptions:  azcoreOpts(transport, o.DPSTryTimeout, pace),
 		TracerProvider: tel.TracerProvider(),
 		Logger:         o.Logger.With("component", "dps-client"),
 	}
@@ -84,15 +84,15 @@ func connectDPS(ctx context.Context, o *Options, tel *telemetry.Telemetry, td *t
 }
 
 // azcoreOpts are the worker's azcore options: the engine retries with a long budget, so
-// azcore's own retries stay few and short.
-// Each try is bounded by tryTimeout, under the lease safety margin, and re-checks the
-// partition fence right before it is sent.
-func azcoreOpts(transport *http.Client, tryTimeout time.Duration) azcore.ClientOptions {
+// azcore's own retries stay few and short. Each try waits for the fleet's DPS budget (pace),
+// is bounded by tryTimeout, under the lease safety margin, and re-checks the partition
+// fence right before it is sent (after the wait, which can be long).
+func azcoreOpts(transport *http.Client, tryTimeout time.Duration, pace pacePolicy) azcore.ClientOptions {
 	return azcore.ClientOptions{
 		Transport: transport,
 		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 5 * time.Second,
 			TryTimeout: tryTimeout},
-		PerRetryPolicies: []policy.Policy{fencePolicy{}},
+		PerRetryPolicies: []policy.Policy{pace, fencePolicy{}},
 	}
 }
 

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -94,19 +92,6 @@ func (f *fleet) onChange(l func(membership.Assignment)) {
 func (f *fleet) fence(p int, epoch uint64) bool {
 	e, ok := f.m.Owns(p)
 	return ok && e == epoch
-}
-
-func (f *fleet) beforeCall(ctx context.Context, _ string) error { return f.pace.Wait(ctx, 1) }
-
-func (f *fleet) afterCall(_ string, err error) {
-	var re *azcore.ResponseError
-	if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
-		f.pace.OnThrottle()
-		return
-	}
-	if err == nil {
-		f.pace.OnSuccess()
-	}
 }
 
 func (f *fleet) close(ctx context.Context) error {

@@ -21,7 +21,8 @@
 //     events were settled before the create was first delivered.
 //   - a whole-request 400 splits the batch in halves until the bad item stands alone, so good
 //     items still apply.
-//   - per-item or whole-call 408, 429 and 5xx, timeouts and connection errors are transient.
+//   - per-item or whole-call 408, 429 and 5xx, timeouts and connection errors are transient;
+//     so is a whole-call 401 or 403 (the worker's credentials, not the event, are at fault).
 package applier
 
 import (
@@ -167,8 +168,9 @@ type Options struct {
 	// BeforeCall is called before every DPS operation (pacing, fencing). An error stops the
 	// batch: its remaining items get a transient outcome with that error.
 	BeforeCall func(ctx context.Context, op string) error
-	// AfterCall is called after every DPS operation with its error (metrics, 429 feedback).
-	AfterCall func(op string, err error)
+	// AfterCall is called after every DPS operation with the number of items it carried
+	// (1 for a single-enrollment call) and its error (metrics).
+	AfterCall func(op string, items int, err error)
 }
 
 // Applier applies batches. It is safe for concurrent use.
@@ -276,7 +278,7 @@ func (a *Applier) put(ctx context.Context, it Item, ifMatch string) (string, err
 		return "", err
 	}
 	etag, err := a.dps.Put(ctx, it, ifMatch)
-	a.after("put", err)
+	a.after("put", 1, err)
 	return etag, err
 }
 
@@ -287,9 +289,9 @@ func (a *Applier) before(ctx context.Context, op string) error {
 	return a.opts.BeforeCall(ctx, op)
 }
 
-func (a *Applier) after(op string, err error) {
+func (a *Applier) after(op string, items int, err error) {
 	if a.opts.AfterCall != nil {
-		a.opts.AfterCall(op, err)
+		a.opts.AfterCall(op, items, err)
 	}
 }
 
@@ -307,7 +309,7 @@ func (a *Applier) applyBulk(ctx context.Context, kind Kind, mode dps.BulkMode, i
 		return
 	}
 	itemErrs, err := a.dps.Bulk(ctx, kind, mode, batch)
-	a.after(opName, err)
+	a.after(opName, len(batch), err)
 	if err != nil {
 		if statusOf(err) == http.StatusBadRequest && len(sel) > 1 {
 			half := len(sel) / 2
@@ -366,7 +368,7 @@ func (a *Applier) alreadyHolds(ctx context.Context, it Item) bool {
 		return false
 	}
 	cur, err := a.dps.Get(ctx, it)
-	a.after("get", err)
+	a.after("get", 1, err)
 	if err != nil {
 		return false
 	}
@@ -400,8 +402,16 @@ func classify(err error) Outcome {
 		if code != 0 {
 			o.Reason += fmt.Sprintf(" (%d)", code)
 		}
-		if re.StatusCode == http.StatusRequestTimeout || re.StatusCode == http.StatusTooManyRequests || re.StatusCode >= 500 {
+		switch {
+		case re.StatusCode == http.StatusRequestTimeout || re.StatusCode == http.StatusTooManyRequests || re.StatusCode >= 500:
 			o.Class = Transient
+		case re.StatusCode == http.StatusUnauthorized || re.StatusCode == http.StatusForbidden:
+			// The worker's credentials, not the event: an expired or revoked key or a missing
+			// role assignment would otherwise dead-letter every event (and, with the default
+			// hold policy, every later event of their keys). Retried; past the retry budget
+			// the letters are transient and redriven once the credentials are fixed.
+			o.Class = Transient
+			o.Reason += ": DPS refused the worker's credentials (check the connection string, or the Entra ID role assignment)"
 		}
 		return o
 	}

@@ -302,6 +302,25 @@ func TestApply(t *testing.T) {
 	}
 }
 
+// TestCredentialFailuresAreTransient: a whole call refused for the worker's credentials
+// must not dead-letter the events as if they were at fault.
+func TestCredentialFailuresAreTransient(t *testing.T) {
+	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden} {
+		f := newFake()
+		f.failAll = respErr(status, status*1000)
+		a, err := New(f, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeUpdate, "b", "1")} {
+			out := a.Apply(context.Background(), []Item{it})
+			if out[0].Class != Transient || out[0].Status != status || !strings.Contains(out[0].Reason, "credentials") {
+				t.Errorf("%s with %d: got %v %d %q, want transient naming the credentials", it.Op, status, out[0].Class, out[0].Status, out[0].Reason)
+			}
+		}
+	}
+}
+
 func TestApplyOutcomeCarriesCodeAndStatus(t *testing.T) {
 	f := newFake()
 	f.store["a"] = "e0"

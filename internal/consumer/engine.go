@@ -25,14 +25,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -42,6 +43,7 @@ import (
 	"github.com/dpsync/dpsync/internal/applier"
 	"github.com/dpsync/dpsync/internal/batcher"
 	"github.com/dpsync/dpsync/internal/dps"
+	"github.com/dpsync/dpsync/internal/event"
 	"github.com/dpsync/dpsync/internal/telemetry"
 )
 
@@ -164,6 +166,10 @@ func (o *Options) validate() error {
 		return errors.New("consumer: Apply is required")
 	case o.DeadLetters == nil:
 		return errors.New("consumer: DeadLetters is required")
+	case o.HoldPolicy == HoldContinue && o.Batcher.Coalesce:
+		// Rule R2 folds "create A + update B" into one create; if A fails, B fails with it,
+		// where HoldContinue promises B applies on its own.
+		return errors.New("consumer: HoldContinue needs Batcher.Coalesce off (see package batcher, rule R2)")
 	}
 	if err := o.Stream.Validate(); err != nil {
 		return err
@@ -227,6 +233,7 @@ type msgState struct {
 	redelivered  bool
 	dec          Decoded
 	received     time.Time
+	stored       time.Time // when the stream stored the event
 	lastProgress time.Time
 	traceCtx     trace.SpanContext
 	// acked is set (by the goroutine that acknowledged it, before it hands the event back to
@@ -242,7 +249,7 @@ type retryState struct {
 	due      time.Time
 	first    time.Time
 	attempts int
-	delay    time.Duration
+	backoff  backoff.BackOff
 	last     applier.Outcome
 }
 
@@ -501,7 +508,15 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	if err != nil {
 		st.origin = in.msg.Subject()
 	}
-	st.traceCtx = trace.SpanContextFromContext(telemetry.Extract(context.Background(), in.msg.Headers()))
+	st.stored = meta.Timestamp
+	// One consume span per event, a child of the producer's span when the event carries
+	// trace context (W3C traceparent in its headers); the batch span links to it.
+	_, span := e.opts.Tracer.Start(telemetry.Extract(context.Background(), in.msg.Headers()), "dpsync.consume",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.destination.name", in.msg.Subject()),
+			attribute.Int64("dpsync.stream_seq", int64(st.seq)), attribute.Int("dpsync.partition", st.partition)))
+	st.traceCtx = span.SpanContext()
+	span.End()
 	e.track(st)
 	e.opts.Metrics.eventIn(ctx)
 
@@ -514,6 +529,16 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	}
 	st.dec = dec
 	st.dec.Item.Redelivered = st.redelivered
+	if want, ok := e.keySubject(in.msg.Subject(), dec.Key); !ok {
+		// Its subject decides its partition: an event published under another key's subject
+		// could be applied by another worker at the same time as its own key's events.
+		reason := fmt.Sprintf("subject %s does not match the event's %s: publish it to %s",
+			st.origin, keyNoun(dec.Key), want)
+		l := e.letter(st, ClassInvalid, applier.Outcome{Reason: reason}, 1, now)
+		l.OriginSubject = want // a replay goes where it belongs
+		e.deadLetterAsync(ctx, []*msgState{st}, l)
+		return
+	}
 	if q, parked := e.unchecked[dec.Key]; parked {
 		e.unchecked[dec.Key] = append(q, st) // behind the key's unchecked events
 		return
@@ -525,6 +550,27 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		}
 		return
 	}
+}
+
+// keySubject reports whether the stored subject carries key ("<kind>/<lower-cased id>") the
+// way producers must spell it (event.Subject), and returns that producer subject.
+func (e *Engine) keySubject(stored, key string) (string, bool) {
+	kind, id, _ := strings.Cut(key, "/")
+	want := e.opts.Stream.Prefix + "." + kind + "." + event.SubjectToken(id)
+	toks := strings.Split(stored, ".")
+	if len(toks) < 2 {
+		return want, false
+	}
+	return want, toks[len(toks)-2] == kind && toks[len(toks)-1] == event.SubjectToken(id)
+}
+
+// keyNoun names the id of a key for people: `registration id "dev-1"`.
+func keyNoun(key string) string {
+	kind, id, _ := strings.Cut(key, "/")
+	if kind == "group" {
+		return fmt.Sprintf("enrollment group id %q", id)
+	}
+	return fmt.Sprintf("registration id %q", id)
 }
 
 // checkHold sends st to the batcher, or after its key's dead letter (class held) when the
@@ -725,7 +771,7 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 			switch outs[j].Class {
 			case applier.Applied:
 				for _, st := range sts {
-					e.opts.Metrics.applied(ctx, now.Sub(st.received))
+					e.opts.Metrics.applied(ctx, now.Sub(st.stored))
 				}
 				acks = append(acks, sts...)
 				r.final = true
@@ -978,16 +1024,14 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 		case r.outcome.Class == applier.Transient:
 			rs := e.retries[key]
 			if rs == nil {
-				rs = &retryState{entry: r.entry, kind: r.kind, op: r.op, first: now, delay: e.opts.Retry.Initial}
+				rs = &retryState{entry: r.entry, kind: r.kind, op: r.op, first: now, backoff: e.newBackOff()}
 				e.retries[key] = rs
-			} else {
-				rs.delay = min(rs.delay*2, e.opts.Retry.Max)
 			}
 			rs.attempts++
 			rs.last = r.outcome
-			wait := jitter(rs.delay)
+			wait := rs.backoff.NextBackOff()
 			if ra := retryAfter(r.outcome.Err); ra > wait {
-				wait = ra
+				wait = ra // DPS asked for longer
 			}
 			rs.due = now.Add(wait)
 			e.opts.Metrics.retried(ctx)
@@ -1133,11 +1177,18 @@ func modeOf(op batcher.Op) dps.BulkMode {
 	}
 }
 
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d/2+1)
+// newBackOff returns the delays between attempts of one failing entry: exponential from
+// Retry.Initial, doubling, ±50 % jitter, capped at Retry.Max. The retry budget (Retry.Budget)
+// is enforced by the engine, not by the backoff, so it never stops by itself.
+func (e *Engine) newBackOff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = e.opts.Retry.Initial
+	b.MaxInterval = e.opts.Retry.Max
+	b.Multiplier = 2
+	b.RandomizationFactor = 0.5
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
 }
 
 // retryAfter reads Retry-After (seconds or HTTP date) from a DPS response error.

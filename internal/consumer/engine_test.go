@@ -698,3 +698,31 @@ func TestEngineReattachAfterLoss(t *testing.T) {
 		t.Fatalf("key k applied as %s, want %s", got, want)
 	}
 }
+
+// TestEngineRejectsEventOnAnotherKeysSubject: the subject decides the partition, so an
+// event whose subject does not carry its own key could be applied concurrently with its
+// key's other events. It is dead-lettered as invalid, with the subject to use; the letter
+// points replay at that subject.
+func TestEngineRejectsEventOnAnotherKeysSubject(t *testing.T) {
+	fa := newFakeApplier(nil)
+	dl := &fakeDLQ{}
+	r := newRig(t, 2, Options{Apply: fa, DeadLetters: dl})
+	b, _ := json.Marshal(testEvent{ID: "1", Key: "a", Op: "create", V: 1})
+	r.publishRaw("b", b)                                        // a's event on b's subject
+	r.publish(testEvent{ID: "2", Key: "c", Op: "create", V: 2}) // and a good one
+	r.waitAcked(10 * time.Second)
+	letters := dl.snapshot()
+	if len(letters) != 1 {
+		t.Fatalf("got %d letters, want 1", len(letters))
+	}
+	l := letters[0]
+	wantReason := `subject dpsync.events.enrollment.b does not match the event's registration id "a": publish it to dpsync.events.enrollment.a`
+	if l.Class != ClassInvalid || l.Reason != wantReason || l.OriginSubject != "dpsync.events.enrollment.a" {
+		t.Fatalf("letter: class %q, reason %q, origin %q; want invalid, %q, dpsync.events.enrollment.a", l.Class, l.Reason, l.OriginSubject, wantReason)
+	}
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if len(fa.log["a"]) != 0 || len(fa.log["c"]) != 1 {
+		t.Fatalf("applied: a %v, c %v; want none of a, c once", fa.log["a"], fa.log["c"])
+	}
+}

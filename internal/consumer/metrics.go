@@ -38,7 +38,7 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 		return nil, err
 	}
 	if x.latency, err = m.Float64Histogram("dpsync.event.applied.latency", metric.WithUnit("s"),
-		metric.WithDescription("Time from the worker receiving an event to DPS applying it."),
+		metric.WithDescription("Time from the stream storing an event to DPS applying it (backlog wait included)."),
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)); err != nil {
 		return nil, err
 	}
