@@ -58,7 +58,7 @@ func TestOperations(t *testing.T) {
 			name: "CreateOrUpdateEnrollment raw etag",
 			call: func(c *Client) (any, error) {
 				e := symKeyEnrollment("dev-1")
-				e.Capabilities = &DeviceCapabilities{IotEdge: false}
+				e.Capabilities = &DeviceCapabilities{IotEdge: ptr(false)}
 				return c.CreateOrUpdateEnrollment(ctx, e, &CreateOrUpdateEnrollmentOptions{IfMatch: etag("IjA0MDBlNGYxLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWY3MDAwMCI=")})
 			},
 			reply:  reply{status: 200, body: `{"registrationId":"dev-1","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"cHJpbWFyeQ==","secondaryKey":"c2Vjb25kYXJ5"}},"capabilities":{"iotEdge":false},"etag":"Ijk5Ig==","provisioningStatus":"enabled","createdDateTimeUtc":"2023-05-19T23:10:45.1256254Z","lastUpdatedDateTimeUtc":"2023-05-19T23:10:45.1256254Z"}`},

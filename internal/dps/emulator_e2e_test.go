@@ -42,7 +42,7 @@ func TestE2EIndividualEnrollmentLifecycle(t *testing.T) {
 
 	created, err := c.CreateOrUpdateEnrollment(ctx, dps.IndividualEnrollment{
 		RegistrationID: "E2E.Dev:1", Attestation: symmetric(), ProvisioningStatus: &enabled,
-		Capabilities: &dps.DeviceCapabilities{IotEdge: false},
+		Capabilities: &dps.DeviceCapabilities{IotEdge: to(false)},
 	}, nil)
 	if err != nil {
 		t.Fatalf("create: %v", err)

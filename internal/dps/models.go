@@ -3,14 +3,21 @@ package dps
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 )
 
 // This file holds the wire types of the DPS data plane, api-version 2021-10-01
 // (shared/spec/dps-2021-10-01/service.json and device.json). Every optional field is a
-// pointer or a nil-able collection with omitempty, so that a value decoded from JSON and
-// encoded again keeps "absent" absent and explicit false / "disabled" present.
+// pointer or a nil-able collection with omitempty (omitzero for lists whose empty form is
+// meaningful), so that a value decoded from JSON and encoded again is the same JSON:
+// "absent" stays absent, explicit false / "disabled" / [] stay present, and the one null
+// the service echoes (provisioningStatus) stays null.
 
 // AttestationType is the kind of attestation mechanism of an enrollment.
 type AttestationType string
@@ -35,7 +42,60 @@ const (
 )
 
 // ProvisioningStatus enables or disables an enrollment or group.
+//
+// DPS echoes a provisioningStatus sent as null as null (DPS.md). A decoded null is the
+// azcore null sentinel: the field holds azcore.NullValue[*ProvisioningStatus](), which
+// azcore.IsNullValue recognises and which encodes as null again. Set the field to that
+// sentinel to send null. (The sentinel points to the empty status; any empty status
+// encodes as null.)
 type ProvisioningStatus string
+
+// MarshalJSON implements json.Marshaler: the empty status (the null sentinel's value) is
+// written as null.
+func (p ProvisioningStatus) MarshalJSON() ([]byte, error) {
+	if p == "" {
+		return []byte("null"), nil
+	}
+	return json.Marshal(string(p))
+}
+
+// decodeProvisioningStatus reads a raw provisioningStatus: absent → nil, null → the azcore
+// null sentinel, a string → that status.
+func decodeProvisioningStatus(raw json.RawMessage, structName string) (*ProvisioningStatus, error) {
+	switch {
+	case len(raw) == 0:
+		return nil, nil
+	case string(raw) == "null":
+		return azcore.NullValue[*ProvisioningStatus](), nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, &json.UnmarshalTypeError{Value: jsonValueKind(raw), Type: reflect.TypeFor[ProvisioningStatus](), Struct: structName, Field: "provisioningStatus"}
+	}
+	p := ProvisioningStatus(s)
+	return &p, nil
+}
+
+// jsonValueKind names the kind of a JSON value the way encoding/json's errors do.
+func jsonValueKind(raw []byte) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "empty"
+	}
+	switch raw[0] {
+	case '"':
+		return "string"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
 
 // Provisioning statuses.
 const (
@@ -108,18 +168,28 @@ func (d DateTime) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + d.UTC().Format(DateTimeLayout) + `"`), nil
 }
 
-// UnmarshalJSON implements json.Unmarshaler.
+// UnmarshalJSON implements json.Unmarshaler. A value that is not an RFC 3339 string is a
+// *json.UnmarshalTypeError (Type DateTime), so that encoding/json names the field it was
+// found in ("createdDateTimeUtc").
 func (d *DateTime) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("timestamp: %w", err)
+		return &json.UnmarshalTypeError{Value: jsonValueKind(b), Type: reflect.TypeFor[DateTime]()}
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		return fmt.Errorf("timestamp %q is not RFC 3339", s)
+		return &json.UnmarshalTypeError{Value: "string " + quoteShort(s), Type: reflect.TypeFor[DateTime]()}
 	}
 	d.Time = t
 	return nil
+}
+
+// quoteShort quotes s for an error message, cut to 64 bytes.
+func quoteShort(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 // TwinCollection is a twin section (tags, desired properties, optional device information):
@@ -166,26 +236,46 @@ type Metadata struct {
 
 // InitialTwinProperties holds the desired properties of an initial twin.
 type InitialTwinProperties struct {
-	Desired TwinCollection `json:"desired,omitempty"`
+	Desired TwinCollection `json:"desired,omitzero"`
 }
 
 // InitialTwin is the twin a device gets when it is first provisioned.
 type InitialTwin struct {
-	Tags       TwinCollection         `json:"tags,omitempty"`
+	Tags       TwinCollection         `json:"tags,omitzero"`
 	Properties *InitialTwinProperties `json:"properties,omitempty"`
 }
 
-// DeviceCapabilities are the capabilities of a device.
+// DeviceCapabilities are the capabilities of a device. A nil field is absent on the wire;
+// the service then applies its default (false).
 type DeviceCapabilities struct {
-	IotEdge bool `json:"iotEdge"`
+	IotEdge *bool `json:"iotEdge,omitempty"`
 }
 
-// ReprovisionPolicy decides what happens when a provisioned device registers again.
+// IsIotEdge reports whether the device is an IoT Edge device: IotEdge, false when c or the
+// field is nil (the spec default).
+func (c *DeviceCapabilities) IsIotEdge() bool {
+	return c != nil && c.IotEdge != nil && *c.IotEdge
+}
+
+// ReprovisionPolicy decides what happens when a provisioned device registers again. A nil
+// field is absent on the wire; the service then applies its default, true for both.
 type ReprovisionPolicy struct {
 	// UpdateHubAssignment lets the device be re-assigned to another hub.
-	UpdateHubAssignment bool `json:"updateHubAssignment"`
+	UpdateHubAssignment *bool `json:"updateHubAssignment,omitempty"`
 	// MigrateDeviceData moves twin and device data to the new hub.
-	MigrateDeviceData bool `json:"migrateDeviceData"`
+	MigrateDeviceData *bool `json:"migrateDeviceData,omitempty"`
+}
+
+// UpdatesHubAssignment reports whether a re-registering device may move to another hub:
+// UpdateHubAssignment, or true (the spec default) when p or the field is nil.
+func (p *ReprovisionPolicy) UpdatesHubAssignment() bool {
+	return p == nil || p.UpdateHubAssignment == nil || *p.UpdateHubAssignment
+}
+
+// MigratesDeviceData reports whether device data moves with the device: MigrateDeviceData,
+// or true (the spec default) when p or the field is nil.
+func (p *ReprovisionPolicy) MigratesDeviceData() bool {
+	return p == nil || p.MigrateDeviceData == nil || *p.MigrateDeviceData
 }
 
 // CustomAllocationDefinition names the webhook of the custom allocation policy.
@@ -202,7 +292,7 @@ type SymmetricKeyAttestation struct {
 
 // TPMAttestation holds the keys of a TPM attestation.
 type TPMAttestation struct {
-	EndorsementKey string `json:"endorsementKey"`
+	EndorsementKey string `json:"endorsementKey,omitempty"`
 	StorageRootKey string `json:"storageRootKey,omitempty"`
 }
 
@@ -273,7 +363,7 @@ type IndividualEnrollment struct {
 	RegistrationID             string                      `json:"registrationId"`
 	DeviceID                   string                      `json:"deviceId,omitempty"`
 	RegistrationState          *DeviceRegistrationState    `json:"registrationState,omitempty"`
-	OptionalDeviceInformation  TwinCollection              `json:"optionalDeviceInformation,omitempty"`
+	OptionalDeviceInformation  TwinCollection              `json:"optionalDeviceInformation,omitzero"`
 	Attestation                *AttestationMechanism       `json:"attestation,omitempty"`
 	Capabilities               *DeviceCapabilities         `json:"capabilities,omitempty"`
 	IotHubHostName             string                      `json:"iotHubHostName,omitempty"`
@@ -284,7 +374,7 @@ type IndividualEnrollment struct {
 	CreatedDateTimeUTC         *DateTime                   `json:"createdDateTimeUtc,omitempty"`
 	LastUpdatedDateTimeUTC     *DateTime                   `json:"lastUpdatedDateTimeUtc,omitempty"`
 	AllocationPolicy           *AllocationPolicy           `json:"allocationPolicy,omitempty"`
-	IotHubs                    []string                    `json:"iotHubs,omitempty"`
+	IotHubs                    []string                    `json:"iotHubs,omitzero"`
 	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
 }
 
@@ -301,8 +391,61 @@ type EnrollmentGroup struct {
 	CreatedDateTimeUTC         *DateTime                   `json:"createdDateTimeUtc,omitempty"`
 	LastUpdatedDateTimeUTC     *DateTime                   `json:"lastUpdatedDateTimeUtc,omitempty"`
 	AllocationPolicy           *AllocationPolicy           `json:"allocationPolicy,omitempty"`
-	IotHubs                    []string                    `json:"iotHubs,omitempty"`
+	IotHubs                    []string                    `json:"iotHubs,omitzero"`
 	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler: as encoding/json would, except that a
+// provisioningStatus of null becomes the azcore null sentinel (see ProvisioningStatus).
+func (e *IndividualEnrollment) UnmarshalJSON(b []byte) error {
+	type plain IndividualEnrollment
+	w := struct {
+		*plain
+		ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
+	}{plain: (*plain)(e)}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return trimEmbedded(err, "plain", "IndividualEnrollment")
+	}
+	if w.ProvisioningStatus != nil {
+		ps, err := decodeProvisioningStatus(w.ProvisioningStatus, "IndividualEnrollment")
+		if err != nil {
+			return err
+		}
+		e.ProvisioningStatus = ps
+	}
+	return nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler (see IndividualEnrollment.UnmarshalJSON).
+func (g *EnrollmentGroup) UnmarshalJSON(b []byte) error {
+	type plain EnrollmentGroup
+	w := struct {
+		*plain
+		ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
+	}{plain: (*plain)(g)}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return trimEmbedded(err, "plain", "EnrollmentGroup")
+	}
+	if w.ProvisioningStatus != nil {
+		ps, err := decodeProvisioningStatus(w.ProvisioningStatus, "EnrollmentGroup")
+		if err != nil {
+			return err
+		}
+		g.ProvisioningStatus = ps
+	}
+	return nil
+}
+
+// trimEmbedded removes the Go name of an embedded helper struct from the field path of a
+// type error, so that the path holds JSON names only ("attestation.type"), and names the
+// model type as the struct.
+func trimEmbedded(err error, embedded, structName string) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		te.Field = strings.TrimPrefix(strings.TrimPrefix(te.Field, embedded), ".")
+		te.Struct = structName
+	}
+	return err
 }
 
 // BulkEnrollmentOperation is the body of POST /enrollments.
@@ -321,7 +464,8 @@ type BulkEnrollmentOperationError struct {
 // BulkEnrollmentOperationResult is the result of a bulk enrollment operation. The call
 // returns HTTP 200 even when items fail; failed items are listed in Errors.
 type BulkEnrollmentOperationResult struct {
-	Errors       []BulkEnrollmentOperationError `json:"errors"`
+	// Errors is nil when the service sent no list and empty (not nil) for "errors":[].
+	Errors       []BulkEnrollmentOperationError `json:"errors,omitzero"`
 	IsSuccessful bool                           `json:"isSuccessful"`
 }
 
@@ -340,7 +484,8 @@ type BulkEnrollmentGroupOperationError struct {
 
 // BulkEnrollmentGroupOperationResult is the result of a bulk enrollment group operation.
 type BulkEnrollmentGroupOperationResult struct {
-	Errors       []BulkEnrollmentGroupOperationError `json:"errors"`
+	// Errors is nil when the service sent no list and empty (not nil) for "errors":[].
+	Errors       []BulkEnrollmentGroupOperationError `json:"errors,omitzero"`
 	IsSuccessful bool                                `json:"isSuccessful"`
 }
 

@@ -2,9 +2,13 @@ package dps
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 )
 
 // normalizeJSON decodes b into generic JSON with every RFC 3339 timestamp rewritten in one
@@ -86,7 +90,7 @@ func TestModelsRoundTripSpecExamples(t *testing.T) {
 			roundTrip[[]IndividualEnrollment](t, "enrollment query", exampleResponseBody(t, ex("IndividualEnrollment_Query"), "200"))
 			roundTrip[QuerySpecification](t, "query spec", exampleParam(t, ex("IndividualEnrollment_Query"), "querySpecification"))
 			roundTrip[BulkEnrollmentOperation](t, "bulk param", exampleParam(t, ex("IndividualEnrollment_RunBulkOperation"), "bulkOperation"))
-			roundTrip[BulkEnrollmentOperationResult](t, "bulk result", withErrorsList(t, exampleResponseBody(t, ex("IndividualEnrollment_RunBulkOperation"), "200")))
+			roundTrip[BulkEnrollmentOperationResult](t, "bulk result", exampleResponseBody(t, ex("IndividualEnrollment_RunBulkOperation"), "200"))
 			roundTrip[AttestationMechanism](t, "attestation", exampleResponseBody(t, ex("IndividualEnrollment_GetAttestationMechanism"), "200"))
 
 			for _, op := range []string{"EnrollmentGroup_Get", "EnrollmentGroup_CreateOrUpdate"} {
@@ -95,7 +99,7 @@ func TestModelsRoundTripSpecExamples(t *testing.T) {
 			roundTrip[EnrollmentGroup](t, "group param", exampleParam(t, ex("EnrollmentGroup_CreateOrUpdate"), "enrollmentGroup"))
 			roundTrip[[]EnrollmentGroup](t, "group query", exampleResponseBody(t, ex("EnrollmentGroup_Query"), "200"))
 			roundTrip[BulkEnrollmentGroupOperation](t, "group bulk param", exampleParam(t, ex("EnrollmentGroup_RunBulkOperation"), "bulkOperation"))
-			roundTrip[BulkEnrollmentGroupOperationResult](t, "group bulk result", withErrorsList(t, exampleResponseBody(t, ex("EnrollmentGroup_RunBulkOperation"), "200")))
+			roundTrip[BulkEnrollmentGroupOperationResult](t, "group bulk result", exampleResponseBody(t, ex("EnrollmentGroup_RunBulkOperation"), "200"))
 			roundTrip[AttestationMechanism](t, "group attestation", exampleResponseBody(t, ex("EnrollmentGroup_GetAttestationMechanism"), "200"))
 
 			roundTrip[DeviceRegistrationState](t, "registration state", exampleResponseBody(t, ex("DeviceRegistrationState_Get"), "200"))
@@ -112,26 +116,6 @@ func TestModelsRoundTripSpecExamples(t *testing.T) {
 	}
 }
 
-// withErrorsList adds "errors": null to a bulk result that has no errors list: the model
-// always writes the list (DPS always sends it, "errors":[] on success), so a decoded nil list
-// comes back as null.
-func withErrorsList(t *testing.T, raw []byte) []byte {
-	t.Helper()
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := m["errors"]; ok {
-		return raw
-	}
-	m["errors"] = json.RawMessage("null")
-	b, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestModelsKeepExplicitValuesAndAbsence(t *testing.T) {
 	tests := []struct {
 		name string
@@ -143,6 +127,22 @@ func TestModelsKeepExplicitValuesAndAbsence(t *testing.T) {
 		{"empty symmetric key asks for generated keys", `{"registrationId":"a","attestation":{"type":"symmetricKey","symmetricKey":{}}}`},
 		{"unknown twin properties kept", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"initialTwin":{"tags":{"site":{"line":7,"cells":["a",null,true]},"$custom":1.5e3},"properties":{"desired":{"fw":{"v":"1.2.3"},"$metadata":{"$lastUpdated":"x"},"$version":4}}},"optionalDeviceInformation":{"vendor":"acme"}}`},
 		{"timestamps with 7 digits", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"createdDateTimeUtc":"2023-05-19T23:10:45.1256254Z","lastUpdatedDateTimeUtc":"2023-05-19T23:10:45.0000000Z"}`},
+		// Partial objects: a field left out must not come back with a Go zero value (the
+		// spec default of both reprovision fields is true, not false).
+		{"partial reprovision policy: only migrateDeviceData", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"reprovisionPolicy":{"migrateDeviceData":false}}`},
+		{"partial reprovision policy: only updateHubAssignment", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"reprovisionPolicy":{"updateHubAssignment":false}}`},
+		{"empty reprovision policy", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"reprovisionPolicy":{}}`},
+		{"empty capabilities", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"capabilities":{}}`},
+		{"explicit true survives", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"capabilities":{"iotEdge":true},"reprovisionPolicy":{"updateHubAssignment":true,"migrateDeviceData":true}}`},
+		{"provisioningStatus null is echoed", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"provisioningStatus":null}`},
+		{"empty tpm gains no endorsementKey", `{"registrationId":"a","attestation":{"type":"tpm","tpm":{}}}`},
+		{"tpm without storageRootKey", `{"registrationId":"a","attestation":{"type":"tpm","tpm":{"endorsementKey":"AToAAQ=="}}}`},
+		{"empty x509 parts", `{"registrationId":"a","attestation":{"type":"x509","x509":{"clientCertificates":{},"caReferences":{}}}}`},
+		{"empty twin", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"initialTwin":{}}`},
+		{"empty twin properties", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"initialTwin":{"properties":{}}}`},
+		{"empty twin sections", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"initialTwin":{"tags":{},"properties":{"desired":{}}},"optionalDeviceInformation":{}}`},
+		{"empty iotHubs list", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"iotHubs":[]}`},
+		{"empty registration state", `{"registrationId":"a","attestation":{"type":"symmetricKey"},"registrationState":{}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,7 +161,92 @@ func TestModelsKeepExplicitValuesAndAbsence(t *testing.T) {
 		})
 	}
 	g := roundTrip[EnrollmentGroup](t, "group", []byte(`{"enrollmentGroupId":"g","attestation":{"type":"x509","x509":{"caReferences":{"primary":"ca1"}}},"provisioningStatus":"disabled","capabilities":{"iotEdge":false},"allocationPolicy":"static","iotHubs":["h1"]}`))
-	if g.ProvisioningStatus == nil || *g.ProvisioningStatus != ProvisioningStatusDisabled || g.Capabilities == nil || g.Capabilities.IotEdge {
+	if g.ProvisioningStatus == nil || *g.ProvisioningStatus != ProvisioningStatusDisabled || g.Capabilities == nil || g.Capabilities.IotEdge == nil || g.Capabilities.IsIotEdge() {
 		t.Errorf("got %+v", g)
+	}
+	g = roundTrip[EnrollmentGroup](t, "group null status, partial policy", []byte(`{"enrollmentGroupId":"g","attestation":{"type":"symmetricKey"},"provisioningStatus":null,"reprovisionPolicy":{"migrateDeviceData":false}}`))
+	if !azcore.IsNullValue(g.ProvisioningStatus) {
+		t.Errorf("provisioningStatus null: got %v, want the azcore null sentinel", g.ProvisioningStatus)
+	}
+	if p := g.ReprovisionPolicy; p == nil || p.UpdateHubAssignment != nil || !p.UpdatesHubAssignment() || p.MigratesDeviceData() {
+		t.Errorf("reprovisionPolicy {migrateDeviceData:false}: got %+v, want updateHubAssignment absent (default true), migrateDeviceData false", p)
+	}
+	for _, tt := range []struct {
+		name string
+		in   string
+	}{
+		{"no errors list stays without one", `{"isSuccessful":true}`},
+		{"empty errors list stays empty", `{"errors":[],"isSuccessful":true}`},
+		{"errors kept", `{"errors":[{"registrationId":"a","errorCode":409201,"errorStatus":"exists"}],"isSuccessful":false}`},
+	} {
+		roundTrip[BulkEnrollmentOperationResult](t, "bulk result: "+tt.name, []byte(tt.in))
+		roundTrip[BulkEnrollmentGroupOperationResult](t, "group bulk result: "+tt.name, []byte(strings.ReplaceAll(tt.in, "registrationId", "enrollmentGroupId")))
+	}
+}
+
+// TestModelsDefaults checks the spec defaults the helper methods apply to absent fields.
+func TestModelsDefaults(t *testing.T) {
+	var nilPolicy *ReprovisionPolicy
+	var nilCaps *DeviceCapabilities
+	tests := []struct {
+		name                string
+		p                   *ReprovisionPolicy
+		wantUpdate, wantMig bool
+	}{
+		{"nil policy", nilPolicy, true, true},
+		{"empty policy", &ReprovisionPolicy{}, true, true},
+		{"update false", &ReprovisionPolicy{UpdateHubAssignment: ptr(false)}, false, true},
+		{"migrate false", &ReprovisionPolicy{MigrateDeviceData: ptr(false)}, true, false},
+		{"both true", &ReprovisionPolicy{UpdateHubAssignment: ptr(true), MigrateDeviceData: ptr(true)}, true, true},
+	}
+	for _, tt := range tests {
+		if got := tt.p.UpdatesHubAssignment(); got != tt.wantUpdate {
+			t.Errorf("%s: UpdatesHubAssignment got %v, want %v", tt.name, got, tt.wantUpdate)
+		}
+		if got := tt.p.MigratesDeviceData(); got != tt.wantMig {
+			t.Errorf("%s: MigratesDeviceData got %v, want %v", tt.name, got, tt.wantMig)
+		}
+	}
+	if nilCaps.IsIotEdge() || (&DeviceCapabilities{}).IsIotEdge() || !(&DeviceCapabilities{IotEdge: ptr(true)}).IsIotEdge() {
+		t.Error("IsIotEdge: want false for nil and absent, true for true")
+	}
+	// Sending null: the sentinel encodes as null.
+	b, err := json.Marshal(IndividualEnrollment{RegistrationID: "a", ProvisioningStatus: azcore.NullValue[*ProvisioningStatus]()})
+	if err != nil || string(b) != `{"registrationId":"a","provisioningStatus":null}` {
+		t.Errorf("got %s, %v; want provisioningStatus null", b, err)
+	}
+}
+
+// TestModelsTypeErrorsNameTheField checks that a value of the wrong JSON type is reported
+// with the JSON path of its field, timestamps and provisioningStatus included.
+func TestModelsTypeErrorsNameTheField(t *testing.T) {
+	tests := []struct {
+		in        string
+		wantField string
+	}{
+		{`{"registrationId":"a","createdDateTimeUtc":5}`, "createdDateTimeUtc"},
+		{`{"registrationId":"a","lastUpdatedDateTimeUtc":"yesterday"}`, "lastUpdatedDateTimeUtc"},
+		{`{"registrationId":"a","registrationState":{"createdDateTimeUtc":true}}`, "registrationState.createdDateTimeUtc"},
+		{`{"registrationId":"a","provisioningStatus":1}`, "provisioningStatus"},
+		{`{"registrationId":"a","attestation":{"type":7}}`, "attestation.type"},
+		{`{"registrationId":"a","capabilities":{"iotEdge":"yes"}}`, "capabilities.iotEdge"},
+	}
+	for _, tt := range tests {
+		var e IndividualEnrollment
+		err := json.Unmarshal([]byte(tt.in), &e)
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			t.Errorf("%s: got %v, want a *json.UnmarshalTypeError", tt.in, err)
+			continue
+		}
+		if te.Field != tt.wantField {
+			t.Errorf("%s: field got %q, want %q (%v)", tt.in, te.Field, tt.wantField, err)
+		}
+		// Nested in a bulk body, the path starts at the list.
+		var bulk BulkEnrollmentOperation
+		err = json.Unmarshal([]byte(`{"mode":"create","enrollments":[`+tt.in+`]}`), &bulk)
+		if !errors.As(err, &te) || te.Field != "enrollments."+tt.wantField {
+			t.Errorf("bulk %s: got %v, want field enrollments.%s", tt.in, err, tt.wantField)
+		}
 	}
 }

@@ -400,6 +400,10 @@ func TestReprovisionAndAllocation(t *testing.T) {
 		{"default policy", nil, []string{"initialAssignment", "deviceDataMigrated"}, "only.azure-devices.net"},
 		{"reset", map[string]any{"reprovisionPolicy": map[string]any{"updateHubAssignment": true, "migrateDeviceData": false}}, []string{"initialAssignment", "deviceDataReset"}, "only.azure-devices.net"},
 		{"never", map[string]any{"reprovisionPolicy": map[string]any{"updateHubAssignment": false, "migrateDeviceData": false}}, []string{"initialAssignment", "reprovisionedToInitialAssignment"}, "only.azure-devices.net"},
+		// Absent fields take the spec default, true.
+		{"partial: only migrateDeviceData false", map[string]any{"reprovisionPolicy": map[string]any{"migrateDeviceData": false}}, []string{"initialAssignment", "deviceDataReset"}, "only.azure-devices.net"},
+		{"partial: only updateHubAssignment true", map[string]any{"reprovisionPolicy": map[string]any{"updateHubAssignment": true}}, []string{"initialAssignment", "deviceDataMigrated"}, "only.azure-devices.net"},
+		{"empty policy", map[string]any{"reprovisionPolicy": map[string]any{}}, []string{"initialAssignment", "deviceDataMigrated"}, "only.azure-devices.net"},
 		{"static hub", map[string]any{"allocationPolicy": "static", "iotHubHostName": "mine.azure-devices.net"}, []string{"initialAssignment", "deviceDataMigrated"}, "mine.azure-devices.net"},
 		{"hashed over listed hubs", map[string]any{"allocationPolicy": "hashed", "iotHubs": []string{"x.azure-devices.net"}}, []string{"initialAssignment", "deviceDataMigrated"}, "x.azure-devices.net"},
 	} {
@@ -411,6 +415,13 @@ func TestReprovisionAndAllocation(t *testing.T) {
 			}
 			r := tg.Do(t, "PUT", "/enrollments/"+id, body, nil)
 			key := r.JSON(t)["attestation"].(map[string]any)["symmetricKey"].(map[string]any)["primaryKey"].(string)
+			// The policy is echoed as sent: absent fields stay absent.
+			if want, ok := c.extra["reprovisionPolicy"]; ok {
+				got := tg.Do(t, "GET", "/enrollments/"+id, nil, nil).JSON(t)["reprovisionPolicy"]
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Errorf("GET reprovisionPolicy: got %v, want %v", got, want)
+				}
+			}
 			for i, want := range c.want {
 				res := tg.Register(t, id, key)
 				if got := res.RegistrationState["substatus"]; got != want {

@@ -213,14 +213,11 @@ func substatus(prev *record[dps.DeviceRegistrationState], p *dps.ReprovisionPoli
 	if prev == nil || prev.V.Status != dps.EnrollmentStatusAssigned || prev.V.AssignedHub == "" {
 		return dps.SubstatusInitialAssignment, false
 	}
-	pol := dps.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}
-	if p != nil {
-		pol = *p
-	}
+	// An absent policy or field takes the spec default: true.
 	switch {
-	case !pol.UpdateHubAssignment:
+	case !p.UpdatesHubAssignment():
 		return dps.SubstatusReprovisionedToInitialAssignment, true
-	case pol.MigrateDeviceData:
+	case p.MigratesDeviceData():
 		return dps.SubstatusDeviceDataMigrated, false
 	}
 	return dps.SubstatusDeviceDataReset, false

@@ -57,7 +57,7 @@ func (em *Emulator) getEnrollment(c *call) {
 }
 
 func (em *Emulator) putEnrollment(c *call) {
-	var in enrollmentWire
+	var in dps.IndividualEnrollment
 	if e := decodeJSON(c.body, &in); e != nil {
 		em.fail(c, e)
 		return
@@ -117,8 +117,8 @@ func (em *Emulator) enrollmentAttestation(c *call) {
 
 // bulkEnrollmentsIn is the body of POST /enrollments.
 type bulkEnrollmentsIn struct {
-	Enrollments []enrollmentWire `json:"enrollments"`
-	Mode        string           `json:"mode"`
+	Enrollments []dps.IndividualEnrollment `json:"enrollments"`
+	Mode        string                     `json:"mode"`
 }
 
 // checkBulk applies the whole-request rules of bulk calls: a known mode, 1–10 items, no id
@@ -239,7 +239,7 @@ func (em *Emulator) getGroup(c *call) {
 }
 
 func (em *Emulator) putGroup(c *call) {
-	var in groupWire
+	var in dps.EnrollmentGroup
 	if e := decodeJSON(c.body, &in); e != nil {
 		em.fail(c, e)
 		return
@@ -298,8 +298,8 @@ func (em *Emulator) groupAttestation(c *call) {
 
 // bulkGroupsIn is the body of POST /enrollmentGroups.
 type bulkGroupsIn struct {
-	EnrollmentGroups []groupWire `json:"enrollmentGroups"`
-	Mode             string      `json:"mode"`
+	EnrollmentGroups []dps.EnrollmentGroup `json:"enrollmentGroups"`
+	Mode             string                `json:"mode"`
 }
 
 func (em *Emulator) bulkGroups(c *call) {
@@ -432,7 +432,7 @@ func (em *Emulator) queryEnrollments(c *call) {
 	em.st.mu.RLock()
 	recs, more := em.st.enr.page(after, size, nil)
 	em.st.mu.RUnlock()
-	out := make([]*enrollmentWire, len(recs))
+	out := make([]*dps.IndividualEnrollment, len(recs))
 	for i, r := range recs {
 		out[i] = enrollmentView(r, false, nil)
 	}
@@ -456,7 +456,7 @@ func (em *Emulator) queryGroups(c *call) {
 	em.st.mu.RLock()
 	recs, more := em.st.grp.page(after, size, nil)
 	em.st.mu.RUnlock()
-	out := make([]*groupWire, len(recs))
+	out := make([]*dps.EnrollmentGroup, len(recs))
 	for i, r := range recs {
 		out[i] = groupView(r, false)
 	}

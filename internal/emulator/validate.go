@@ -16,21 +16,10 @@ import (
 	"reflect"
 	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
 	"github.com/dpsync/dpsync/internal/dps"
 )
-
-// enrollmentWire is an individual enrollment as it travels. provisioningStatus is kept raw so
-// that an explicit null survives (the service echoes it as null).
-type enrollmentWire struct {
-	dps.IndividualEnrollment
-	ProvisioningStatus json.RawMessage `json:"provisioningStatus,omitempty"`
-}
-
-// groupWire is an enrollment group as it travels (see enrollmentWire).
-type groupWire struct {
-	dps.EnrollmentGroup
-	ProvisioningStatus json.RawMessage `json:"provisioningStatus,omitempty"`
-}
 
 // decodeJSON decodes body into v, turning decoder errors into 400s that name the field.
 func decodeJSON(body []byte, v any) *apiError {
@@ -45,8 +34,8 @@ func decodeJSON(body []byte, v any) *apiError {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		// Embedded wire types show up in the path by their Go names; clients know JSON names.
-		field := strings.NewReplacer("IndividualEnrollment.", "", "EnrollmentGroup.", "").Replace(te.Field)
+		// The path holds JSON names (the dps models' decoders keep it so).
+		field := te.Field
 		if field == "" {
 			field = "body"
 		}
@@ -60,6 +49,9 @@ func decodeJSON(body []byte, v any) *apiError {
 func jsonKind(t reflect.Type) string {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
+	}
+	if t == reflect.TypeFor[dps.DateTime]() {
+		return "an RFC 3339 timestamp string"
 	}
 	switch t.Kind() {
 	case reflect.String:
@@ -76,20 +68,17 @@ func jsonKind(t reflect.Type) string {
 	return t.String()
 }
 
-// parseProvisioningStatus checks a raw provisioningStatus: absent, null, "enabled" or
-// "disabled" (any case).
-func parseProvisioningStatus(raw json.RawMessage) (ps *dps.ProvisioningStatus, null bool, e *apiError) {
-	if len(raw) == 0 {
+// checkProvisioningStatus checks a decoded provisioningStatus: absent, null (the azcore
+// null sentinel), "enabled" or "disabled" (any case). It returns the status to store and
+// whether it was sent as null.
+func checkProvisioningStatus(ps *dps.ProvisioningStatus) (out *dps.ProvisioningStatus, null bool, e *apiError) {
+	switch {
+	case azcore.IsNullValue(ps):
+		return nil, true, nil
+	case ps == nil:
 		return nil, false, nil
 	}
-	if string(raw) == "null" {
-		return nil, true, nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, false, newErr(CodeBadRequest, "provisioningStatus: expected string")
-	}
-	switch strings.ToLower(s) {
+	switch strings.ToLower(string(*ps)) {
 	case "enabled":
 		v := dps.ProvisioningStatusEnabled
 		return &v, false, nil
@@ -97,7 +86,7 @@ func parseProvisioningStatus(raw json.RawMessage) (ps *dps.ProvisioningStatus, n
 		v := dps.ProvisioningStatusDisabled
 		return &v, false, nil
 	}
-	return nil, false, newErr(CodeBadRequest, fmt.Sprintf("provisioningStatus: %q is not enabled or disabled", s))
+	return nil, false, newErr(CodeBadRequest, fmt.Sprintf("provisioningStatus: %q is not enabled or disabled", string(*ps)))
 }
 
 func checkAllocation(p *dps.AllocationPolicy, custom *dps.CustomAllocationDefinition) *apiError {
@@ -125,8 +114,8 @@ func checkAllocation(p *dps.AllocationPolicy, custom *dps.CustomAllocationDefini
 // prepareEnrollment checks an incoming enrollment and returns the record to store (server
 // fields empty) and the etag the client sent in the body. pathID is the id of the URL, or
 // "" in bulk calls.
-func prepareEnrollment(in *enrollmentWire, pathID string) (*record[dps.IndividualEnrollment], *apiError) {
-	e := in.IndividualEnrollment
+func prepareEnrollment(in *dps.IndividualEnrollment, pathID string) (*record[dps.IndividualEnrollment], *apiError) {
+	e := *in
 	if pathID != "" {
 		if e.RegistrationID == "" {
 			e.RegistrationID = pathID
@@ -140,7 +129,7 @@ func prepareEnrollment(in *enrollmentWire, pathID string) (*record[dps.Individua
 	if len(e.DeviceID) > 128 {
 		return nil, newErr(CodeBadRequest, "deviceId: longer than 128 characters")
 	}
-	ps, null, aerr := parseProvisioningStatus(in.ProvisioningStatus)
+	ps, null, aerr := checkProvisioningStatus(in.ProvisioningStatus)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -158,8 +147,8 @@ func prepareEnrollment(in *enrollmentWire, pathID string) (*record[dps.Individua
 }
 
 // prepareGroup is prepareEnrollment for groups.
-func prepareGroup(in *groupWire, pathID string) (*record[dps.EnrollmentGroup], *apiError) {
-	g := in.EnrollmentGroup
+func prepareGroup(in *dps.EnrollmentGroup, pathID string) (*record[dps.EnrollmentGroup], *apiError) {
+	g := *in
 	if pathID != "" {
 		if g.EnrollmentGroupID == "" {
 			g.EnrollmentGroupID = pathID
@@ -170,7 +159,7 @@ func prepareGroup(in *groupWire, pathID string) (*record[dps.EnrollmentGroup], *
 	if !validID(g.EnrollmentGroupID) {
 		return nil, invalidID("enrollmentGroupId", g.EnrollmentGroupID)
 	}
-	ps, null, aerr := parseProvisioningStatus(in.ProvisioningStatus)
+	ps, null, aerr := checkProvisioningStatus(in.ProvisioningStatus)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -410,31 +399,28 @@ func infoOnly(c *dps.X509Certificates) *dps.X509Certificates {
 	return out
 }
 
-func provRaw(ps *dps.ProvisioningStatus, null bool) json.RawMessage {
-	switch {
-	case null:
-		return json.RawMessage("null")
-	case ps == nil:
-		return nil
-	case *ps == dps.ProvisioningStatusDisabled:
-		return json.RawMessage(`"disabled"`)
+// provView is a stored provisioningStatus as a response shows it: sent as null, it is
+// echoed as null.
+func provView(ps *dps.ProvisioningStatus, null bool) *dps.ProvisioningStatus {
+	if null {
+		return azcore.NullValue[*dps.ProvisioningStatus]()
 	}
-	return json.RawMessage(`"enabled"`)
+	return ps
 }
 
 // enrollmentView is a stored enrollment as a response shows it.
-func enrollmentView(r *record[dps.IndividualEnrollment], keys bool, state *dps.DeviceRegistrationState) *enrollmentWire {
-	v := &enrollmentWire{IndividualEnrollment: r.V, ProvisioningStatus: provRaw(r.V.ProvisioningStatus, r.ProvNull)}
-	v.IndividualEnrollment.ProvisioningStatus = nil
+func enrollmentView(r *record[dps.IndividualEnrollment], keys bool, state *dps.DeviceRegistrationState) *dps.IndividualEnrollment {
+	v := r.V
+	v.ProvisioningStatus = provView(r.V.ProvisioningStatus, r.ProvNull)
 	v.Attestation = attView(r.V.Attestation, keys)
 	v.RegistrationState = state
-	return v
+	return &v
 }
 
 // groupView is a stored group as a response shows it.
-func groupView(r *record[dps.EnrollmentGroup], keys bool) *groupWire {
-	v := &groupWire{EnrollmentGroup: r.V, ProvisioningStatus: provRaw(r.V.ProvisioningStatus, r.ProvNull)}
-	v.EnrollmentGroup.ProvisioningStatus = nil
+func groupView(r *record[dps.EnrollmentGroup], keys bool) *dps.EnrollmentGroup {
+	v := r.V
+	v.ProvisioningStatus = provView(r.V.ProvisioningStatus, r.ProvNull)
 	v.Attestation = attView(r.V.Attestation, keys)
-	return v
+	return &v
 }

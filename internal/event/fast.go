@@ -490,8 +490,8 @@ func (s *scanner) capabilities() (*dps.DeviceCapabilities, bool) {
 			return false
 		}
 		seen = true
-		var ok bool
-		c.IotEdge, ok = s.boolean()
+		b, ok := s.boolean()
+		c.IotEdge = &b
 		return ok
 	})
 	return c, ok && seen
@@ -502,7 +502,7 @@ func (s *scanner) reprovisionPolicy() (*dps.ReprovisionPolicy, bool) {
 	var seen uint8
 	ok := s.object(func(k []byte) bool {
 		var bit uint8
-		var v *bool
+		var v **bool
 		switch string(k) {
 		case "updateHubAssignment":
 			bit, v = 1<<0, &p.UpdateHubAssignment
@@ -515,8 +515,8 @@ func (s *scanner) reprovisionPolicy() (*dps.ReprovisionPolicy, bool) {
 			return false
 		}
 		seen |= bit
-		var ok bool
-		*v, ok = s.boolean()
+		b, ok := s.boolean()
+		*v = &b
 		return ok
 	})
 	return p, ok && seen == 3

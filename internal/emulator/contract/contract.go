@@ -534,6 +534,11 @@ func testValidation(t *testing.T, tg Target) {
 		{"id with slash-like char", "/enrollments/a%24b", symEnrollment("a$b"), 400, 400004, "registrationId"},
 		{"malformed JSON", "/enrollments/x", `{"registrationId":`, 400, 400000, "JSON"},
 		{"wrong type", "/enrollments/x", `{"registrationId":"x","attestation":{"type":5}}`, 400, 400000, "attestation.type: expected string"},
+		{"timestamp of wrong type", "/enrollments/x", `{"registrationId":"x","attestation":{"type":"symmetricKey"},"createdDateTimeUtc":5}`, 400, 400000, "createdDateTimeUtc: expected an RFC 3339 timestamp string, got number"},
+		{"timestamp not RFC 3339", "/enrollments/x", `{"registrationId":"x","attestation":{"type":"symmetricKey"},"lastUpdatedDateTimeUtc":"yesterday"}`, 400, 400000, "lastUpdatedDateTimeUtc: expected an RFC 3339 timestamp string"},
+		{"nested timestamp of wrong type", "/enrollments/x", `{"registrationId":"x","attestation":{"type":"symmetricKey"},"registrationState":{"lastUpdatedDateTimeUtc":{}}}`, 400, 400000, "registrationState.lastUpdatedDateTimeUtc: expected"},
+		{"provisioningStatus of wrong type", "/enrollments/x", `{"registrationId":"x","attestation":{"type":"symmetricKey"},"provisioningStatus":1}`, 400, 400000, "provisioningStatus: expected string, got number"},
+		{"group timestamp of wrong type", "/enrollmentGroups/x", `{"enrollmentGroupId":"x","attestation":{"type":"symmetricKey"},"createdDateTimeUtc":true}`, 400, 400000, "createdDateTimeUtc: expected an RFC 3339 timestamp string, got bool"},
 		{"short key", "/enrollments/x", map[string]any{"registrationId": "x", "attestation": map[string]any{"type": "symmetricKey", "symmetricKey": map[string]any{"primaryKey": base64.StdEncoding.EncodeToString([]byte("short"))}}}, 400, 400010, "primaryKey"},
 		{"bad key", "/enrollments/x", map[string]any{"registrationId": "x", "attestation": map[string]any{"type": "symmetricKey", "symmetricKey": map[string]any{"primaryKey": "not base64!"}}}, 400, 400010, "primaryKey"},
 		{"tpm without ek", "/enrollments/x", map[string]any{"registrationId": "x", "attestation": map[string]any{"type": "tpm"}}, 400, 400010, "endorsementKey"},
@@ -556,6 +561,10 @@ func testValidation(t *testing.T, tg Target) {
 	r = tg.Do(t, "POST", "/enrollments", `{"mode":"create","enrollments":[{"registrationId":"x","attestation":{"type":true}}]}`, nil)
 	if msg, _ := r.JSON(t)["message"].(string); r.Status != 400 || !strings.HasPrefix(msg, "enrollments.attestation.type: expected string") {
 		t.Errorf("bulk wrong type: got %d %q, want 400 naming enrollments.attestation.type", r.Status, msg)
+	}
+	r = tg.Do(t, "POST", "/enrollmentGroups", `{"mode":"create","enrollmentGroups":[{"enrollmentGroupId":"x","attestation":{"type":"symmetricKey"},"createdDateTimeUtc":1}]}`, nil)
+	if msg, _ := r.JSON(t)["message"].(string); r.Status != 400 || !strings.HasPrefix(msg, "enrollmentGroups.createdDateTimeUtc: expected") {
+		t.Errorf("bulk timestamp of wrong type: got %d %q, want 400 naming enrollmentGroups.createdDateTimeUtc", r.Status, msg)
 	}
 	// Upper case and underscores are accepted (the live service does); ids are case-insensitive.
 	id := NewID("Upper_Case")
