@@ -504,6 +504,12 @@ func TestServiceErrorsAndClassifiers(t *testing.T) {
 	}{
 		{"404201 enrollment not found", reply{status: 404, header: map[string]string{"x-ms-error-code": "404201"}, body: `{"errorCode":404201,"trackingId":"t-1","message":"Enrollment not found.","info":{},"timestampUtc":"2023-05-19T23:10:45.1256254Z"}`}, 404, 404201, true, false, false, false},
 		{"404204 group not found, code only in body", reply{status: 404, body: `{"errorCode":404204,"message":"EnrollmentGroup not found."}`}, 404, 404204, true, false, false, false},
+		{"404202 registration not found", reply{status: 404, body: `{"errorCode":404202,"message":"Registration not found."}`}, 404, 404202, true, false, false, false},
+		{"404000 unknown route or ID scope is not 'not found'", reply{status: 404, header: map[string]string{"x-ms-error-code": "404000"}, body: `{"errorCode":404000,"message":"Resource not found."}`}, 404, 404000, false, false, false, false},
+		{"404203 operation not found is not 'not found'", reply{status: 404, body: `{"errorCode":404203,"message":"Operation not found."}`}, 404, 404203, false, false, false, false},
+		{"404 without a code falls back to the status", reply{status: 404, body: `<html>gateway</html>`}, 404, 0, true, false, false, false},
+		{"404 without body falls back to the status", reply{status: 404}, 404, 0, true, false, false, false},
+		{"404201 in the header only", reply{status: 404, header: map[string]string{"x-ms-error-code": "404201"}}, 404, 404201, true, false, false, false},
 		{"409201 exists", reply{status: 409, body: `{"errorCode":409201,"message":"Enrollment already exists."}`}, 409, 409201, false, true, false, false},
 		{"409202 group exists, code as string", reply{status: 409, body: `{"errorCode":"409202"}`}, 409, 409202, false, true, false, false},
 		{"412 precondition failed", reply{status: 412, body: `{"errorCode":412002,"message":"Precondition failed."}`}, 412, 412002, false, false, true, false},

@@ -211,12 +211,17 @@ func ErrorCode(err error) int {
 	return 0
 }
 
-// IsNotFound reports whether err says the enrollment, group or registration does not exist
-// (404201, 404204 or any 404).
+// IsNotFound reports whether err says the enrollment, group or registration state does not
+// exist: error code 404201, 404204 or 404202. Another 6-digit code is not "not found" even
+// with status 404 (an unknown route or ID scope is 404000: a misconfiguration, not an absent
+// record). Only an answer without a 6-digit code (neither in the body nor in
+// x-ms-error-code) falls back to its HTTP status: any 404.
 func IsNotFound(err error) bool {
-	switch ErrorCode(err) {
-	case CodeEnrollmentNotFound, CodeEnrollmentGroupNotFound, CodeRegistrationNotFound:
+	switch code := ErrorCode(err); {
+	case code == CodeEnrollmentNotFound, code == CodeEnrollmentGroupNotFound, code == CodeRegistrationNotFound:
 		return true
+	case CodeStatus(code) != 0:
+		return false
 	}
 	return StatusCode(err) == http.StatusNotFound
 }
