@@ -45,9 +45,19 @@ func TestRetries(t *testing.T) {
 			wantReqs: 1, wantErr: true, wantStatus: 409,
 		},
 		{
-			name:     "400 and 412 are not retried",
+			name:     "400 is not retried",
 			replies:  []reply{{status: 400, body: `{"errorCode":400000}`}, bulkOK},
 			wantReqs: 1, wantErr: true, wantStatus: 400,
+		},
+		{
+			name:     "412 is not retried",
+			replies:  []reply{{status: 412, body: `{"errorCode":412002,"message":"Precondition failed."}`}, bulkOK},
+			wantReqs: 1, wantErr: true, wantStatus: 412,
+		},
+		{
+			name:     "401 is not retried",
+			replies:  []reply{{status: 401, body: `{"errorCode":401002}`}, bulkOK},
+			wantReqs: 1, wantErr: true, wantStatus: 401,
 		},
 		{
 			name:     "Retry-After beyond MaxRetryDelay returns the 429",
