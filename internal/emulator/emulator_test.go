@@ -222,6 +222,61 @@ func TestServiceQuota(t *testing.T) {
 	}
 }
 
+// TestDefaultQuotas: with Options.Quotas nil the emulator applies DPS's quotas: the 1,001st
+// service operation in a minute (a bulk call counting as one) is throttled.
+func TestDefaultQuotas(t *testing.T) {
+	clk := newClock()
+	em, err := emulator.New(emulator.Options{Clock: clk.Now, ServiceHostName: "dps.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer em.Close()
+	p := em.Policies()[0]
+	h := em.Handler()
+	do := func(method, path, body string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, "https://dps.test"+path+"?api-version=2021-10-01", strings.NewReader(body))
+		req.Header.Set("Authorization", contract.SAS("dps.test", p.Name, p.Key, clk.Now().Add(time.Hour)))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w
+	}
+	const quota = 1000
+	if got := emulator.DefaultQuotas().ServiceOpsPerMinute; got != quota {
+		t.Fatalf("DefaultQuotas().ServiceOpsPerMinute: got %d, want %d", got, quota)
+	}
+	bulk := `{"mode":"create","enrollments":[{"registrationId":"q1","attestation":{"type":"symmetricKey"}},{"registrationId":"q2","attestation":{"type":"symmetricKey"}}]}`
+	if w := do("POST", "/enrollments", bulk); w.Code != 200 {
+		t.Fatalf("bulk: got %d %s", w.Code, w.Body)
+	}
+	for i := 1; i < quota; i++ {
+		if i%100 == 0 {
+			clk.Advance(time.Second) // spread over 10 s of the minute
+		}
+		if w := do("GET", "/enrollments/q1", ""); w.Code != 200 {
+			t.Fatalf("operation %d: got %d %s, want 200", i+1, w.Code, w.Body)
+		}
+	}
+	w := do("GET", "/enrollments/q1", "")
+	var body struct {
+		ErrorCode int `json:"errorCode"`
+	}
+	_ = json.Unmarshal(w.Body.Bytes(), &body)
+	if w.Code != 429 || body.ErrorCode/1000 != 429 || w.Header().Get("x-ms-error-code") != strconv.Itoa(body.ErrorCode) {
+		t.Fatalf("operation %d: got %d %s, want 429 with a 429xxx errorCode", quota+1, w.Code, w.Body)
+	}
+	// The first operation leaves the window 60 s after it; 9 s have passed.
+	if got := w.Header().Get("Retry-After"); got != "51" {
+		t.Errorf("Retry-After: got %q, want 51", got)
+	}
+	clk.Advance(51 * time.Second)
+	if w := do("GET", "/enrollments/q1", ""); w.Code != 200 {
+		t.Errorf("after Retry-After: got %d, want 200", w.Code)
+	}
+	if c := em.Counters(); c.Throttled != 1 || c.MaxServiceOpsPerMinute != quota {
+		t.Errorf("counters: throttled %d, max ops per minute %d; want 1 and %d", c.Throttled, c.MaxServiceOpsPerMinute, quota)
+	}
+}
+
 func TestRuntimeQuotas(t *testing.T) {
 	clk := newClock()
 	_, tg := startHTTP(t, emulator.Options{Clock: clk.Now, Quotas: &emulator.Quotas{RegistrationsPerMinute: 2, PollsPer10s: 5}, AssignmentDelay: time.Hour})
