@@ -12,6 +12,7 @@ import (
 
 	"github.com/dpsync/dpsync/internal/batcher"
 	"github.com/dpsync/dpsync/internal/consumer"
+	"github.com/dpsync/dpsync/internal/dlq"
 	"github.com/dpsync/dpsync/internal/dps"
 )
 
@@ -56,6 +57,13 @@ type Options struct {
 	HoldPolicy   consumer.HoldPolicy
 	Read         consumer.ReadOptions
 	RedriveEvery []time.Duration // schedule of automatic redrive of transient letters
+	// RedriveLimit is the number of automatic redrives of a transient letter before it is
+	// parked as permanent (0 = len(RedriveEvery); redrives beyond the schedule wait its
+	// last entry).
+	RedriveLimit int
+	// RedriveClock tells the automatic redrive the time and, if it is a dlq.Timer, paces it
+	// (default the system clock; tests inject a fake one).
+	RedriveClock dlq.Clock
 
 	// QuotaPerMinute is the DPS operation budget of the whole fleet (default 1,000; -1 =
 	// unlimited).
@@ -145,6 +153,17 @@ func (o *Options) validate() error {
 	}
 	if m := leaseSafetyMargin(o); o.LeaseTTL < 2*m {
 		errs = append(errs, fmt.Errorf("lease ttl: %v is under %v, twice the fencing margin (DPS try timeout %v + 1s)", o.LeaseTTL, 2*m, o.DPSTryTimeout))
+	}
+	if o.RedriveEvery != nil && len(o.RedriveEvery) == 0 {
+		errs = append(errs, errors.New("redrive schedule: empty (leave it unset for the default 1m,5m,30m,2h)"))
+	}
+	for i, d := range o.RedriveEvery {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("redrive schedule: entry %d (%v) is not positive", i+1, d))
+		}
+	}
+	if o.RedriveLimit < 0 {
+		errs = append(errs, fmt.Errorf("redrive limit: %d is negative", o.RedriveLimit))
 	}
 	if (o.NATSCertFile == "") != (o.NATSKeyFile == "") {
 		errs = append(errs, errors.New("nats tls: client certificate and key go together"))

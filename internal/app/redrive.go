@@ -17,10 +17,12 @@ import (
 func startRedrive(ctx context.Context, js jetstream.JetStream, o *Options, f *fleet, dl *deadLetters, log *slog.Logger) <-chan struct{} {
 	done := make(chan struct{})
 	r, err := dlq.NewRedriver(dlq.RedriverOptions{
-		JS:       js,
-		Stream:   o.DLQStream,
-		Schedule: o.RedriveEvery,
-		Interval: redriveInterval(o.RedriveEvery),
+		JS:          js,
+		Stream:      o.DLQStream,
+		Schedule:    o.RedriveEvery,
+		MaxRedrives: o.RedriveLimit,
+		Interval:    redriveInterval(o.RedriveEvery),
+		Clock:       o.RedriveClock,
 		Owns: func(string) bool {
 			_, ok := f.m.Owns(0)
 			return ok
@@ -29,6 +31,8 @@ func startRedrive(ctx context.Context, js jetstream.JetStream, o *Options, f *fl
 		Logger: o.Logger.With("component", "redrive"),
 	})
 	if err != nil {
+		// Not reached: Options.validate checks the schedule and the limit before Run
+		// starts anything.
 		log.Error("automatic redrive disabled", "err", err)
 		close(done)
 		return done
