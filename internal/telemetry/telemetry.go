@@ -12,10 +12,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -42,7 +44,7 @@ func New(processors ...sdktrace.SpanProcessor) (*Telemetry, error) {
 	if len(processors) > 0 {
 		sampler = sdktrace.AlwaysSample()
 	}
-	opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(sampler)}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithSampler(sampler), sdktrace.WithResource(serviceResource())}
 	for _, p := range processors {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
@@ -51,6 +53,24 @@ func New(processors ...sdktrace.SpanProcessor) (*Telemetry, error) {
 		meters:   sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp)),
 		tracers:  sdktrace.NewTracerProvider(opts...),
 	}, nil
+}
+
+// ServiceName is the service.name of the worker's spans unless OTEL_SERVICE_NAME (or
+// service.name in OTEL_RESOURCE_ATTRIBUTES) names another.
+const ServiceName = "dpsync-worker"
+
+// serviceResource describes the worker: service.name, the SDK, and what the standard
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES variables add (they win).
+func serviceResource() *resource.Resource {
+	res, err := resource.New(context.Background(),
+		resource.WithTelemetrySDK(),
+		resource.WithAttributes(attribute.String("service.name", ServiceName)),
+		resource.WithFromEnv(),
+	)
+	if err != nil && res == nil {
+		return resource.Default()
+	}
+	return res // a malformed OTEL_RESOURCE_ATTRIBUTES leaves out only what it could not read
 }
 
 // Meter returns a meter for the named component.
