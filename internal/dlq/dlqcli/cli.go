@@ -40,6 +40,11 @@ type Env struct {
 	// Terminal reports whether w is a terminal, where replay draws its progress bar in
 	// place (default: w is an *os.File on a character device).
 	Terminal func(w io.Writer) bool
+	// ConnFlags, if set, registers the flags Connect reads (the NATS connection flags) on
+	// every command's flag set, so they may follow the command ("worker dlq list --nats-url
+	// U"). It must not reset values already set: the caller may have parsed the same flags
+	// before the command. The usage lists them under "connection flags".
+	ConnFlags func(fs *flag.FlagSet)
 }
 
 func (e *Env) defaults() {
@@ -72,7 +77,7 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-const usageText = `usage: worker dlq <command> [flags]
+const usageText = `usage: worker dlq [connection flags] <command> [flags]
 
 commands:
   list          list dead letters (SEQ AGE KEY OP CLASS CODE REASON)
@@ -92,6 +97,20 @@ filters (list, stats, replay, purge):
 Run "worker dlq <command> -h" for a command's flags.
 `
 
+// WriteUsage writes the dlq commands' usage to w, with the connection flags connFlags
+// registers (nil: none).
+func WriteUsage(w io.Writer, connFlags func(fs *flag.FlagSet)) {
+	fmt.Fprint(w, usageText)
+	if connFlags == nil {
+		return
+	}
+	fs := flag.NewFlagSet("dlq", flag.ContinueOnError)
+	fs.SetOutput(w)
+	connFlags(fs)
+	fmt.Fprintln(w, "\nconnection flags (before or after the command):")
+	fs.PrintDefaults()
+}
+
 // usageError is a bad command line: exit code 2.
 type usageError struct{ msg string }
 
@@ -105,7 +124,7 @@ func usagef(format string, args ...any) error {
 func Main(ctx context.Context, args []string, env Env) int {
 	env.defaults()
 	if len(args) == 0 {
-		fmt.Fprint(env.Stderr, usageText)
+		WriteUsage(env.Stderr, env.ConnFlags)
 		return 2
 	}
 	cmd, rest := args[0], args[1:]
@@ -121,11 +140,12 @@ func Main(ctx context.Context, args []string, env Env) int {
 		run = (*cli).replay
 	case "purge":
 		run = (*cli).purge
-	case "help", "-h", "--help":
-		fmt.Fprint(env.Stdout, usageText)
+	case "help", "-h", "-help", "--help":
+		WriteUsage(env.Stdout, env.ConnFlags)
 		return 0
 	default:
-		fmt.Fprintf(env.Stderr, "dlq: unknown command %q\n\n%s", cmd, usageText)
+		fmt.Fprintf(env.Stderr, "dlq: unknown command %q\n\n", cmd)
+		WriteUsage(env.Stderr, env.ConnFlags)
 		return 2
 	}
 	c := &cli{env: env, cmd: cmd}
@@ -160,6 +180,9 @@ func (c *cli) flagSet(synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet("dlq "+c.cmd, flag.ContinueOnError)
 	fs.SetOutput(c.env.Stderr)
 	fs.StringVar(&c.stream, "stream", c.env.Stream, "dead-letter stream")
+	if c.env.ConnFlags != nil {
+		c.env.ConnFlags(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(c.env.Stderr, "usage: worker dlq %s %s\n\nflags:\n", c.cmd, synopsis)
 		fs.PrintDefaults()

@@ -341,3 +341,51 @@ func TestUnreachableServer(t *testing.T) {
 		t.Errorf("got exit %d, %q; want 1 and the connect error", code, errOut.String())
 	}
 }
+
+// stringFlag is a flag.Value that keeps its value when registered again.
+type stringFlag string
+
+func (s *stringFlag) String() string     { return string(*s) }
+func (s *stringFlag) Set(v string) error { *s = stringFlag(v); return nil }
+
+// The connection flags (Env.ConnFlags) may follow the command, and every usage text lists
+// them.
+func TestConnectionFlagsAfterTheCommand(t *testing.T) {
+	f := setup(t)
+	var url string
+	env := func(out, errOut *bytes.Buffer) Env {
+		return Env{
+			Stdout: out, Stderr: errOut, Now: func() time.Time { return t0 },
+			ConnFlags: func(fs *flag.FlagSet) {
+				fs.Var((*stringFlag)(&url), "nats-url", "NATS server URLs")
+			},
+			Connect: func(ctx context.Context) (jetstream.JetStream, func(), error) {
+				nc, err := nats.Connect(url)
+				if err != nil {
+					return nil, nil, err
+				}
+				js, err := jetstream.New(nc)
+				return js, nc.Close, err
+			},
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"stats", "--nats-url", f.url}, env(&out, &errOut)); code != 0 || !strings.Contains(out.String(), "5 dead letters") {
+		t.Fatalf("stats --nats-url U: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	if url != f.url {
+		t.Errorf("url: got %q, want %q", url, f.url)
+	}
+	for _, args := range [][]string{{"help"}, {"--help"}, {"list", "-h"}, {}} {
+		out.Reset()
+		errOut.Reset()
+		code := Main(context.Background(), args, env(&out, &errOut))
+		text := out.String() + errOut.String()
+		if !strings.Contains(text, "-nats-url") {
+			t.Errorf("%v: usage lacks the connection flags:\n%s", args, text)
+		}
+		if wantCode := map[bool]int{true: 2, false: 0}[len(args) == 0]; code != wantCode {
+			t.Errorf("%v: exit %d, want %d", args, code, wantCode)
+		}
+	}
+}
