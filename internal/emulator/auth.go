@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -137,12 +138,7 @@ func (em *Emulator) authService(r *http.Request) *apiError {
 	if e != nil {
 		return e
 	}
-	host := em.opts.ServiceHostName
-	if host == "" {
-		host = strings.ToLower(r.Host)
-	}
-	sr := strings.ToLower(t.sr)
-	if sr != host && !strings.HasPrefix(sr, host+"/") {
+	if !em.namesService(strings.ToLower(t.sr), r) {
 		return newErr(CodeUnauthorized, "The SharedAccessSignature's sr does not name this service.")
 	}
 	if t.expired(em.now()) {
@@ -157,4 +153,44 @@ func (em *Emulator) authService(r *http.Request) *apiError {
 		}
 	}
 	return newErr(CodeUnauthorized, "The SharedAccessSignature names an unknown policy.")
+}
+
+// namesService reports whether a (lower-cased) SAS resource names this service: its host
+// name or one of its aliases, alone or followed by a path. Without a configured host name
+// the request's Host header stands in.
+//
+// When Serve chose the host name, one exception keeps local port forwarders working (test
+// proxies and taps that serve this emulator on another 127.0.0.1 port; a client signs the
+// host:port it connects to): a request sent from loopback to a loopback Host may name that
+// Host. A name that is not loopback, or a Host the client did not address, is still
+// refused.
+func (em *Emulator) namesService(sr string, r *http.Request) bool {
+	is := func(host string) bool { return sr == host || strings.HasPrefix(sr, host+"/") }
+	reqHost := strings.ToLower(r.Host)
+	if em.opts.ServiceHostName == "" {
+		return is(reqHost)
+	}
+	if is(em.opts.ServiceHostName) {
+		return true
+	}
+	for _, a := range em.opts.ServiceHostAliases {
+		if is(a) {
+			return true
+		}
+	}
+	return em.opts.loopbackForwarders && is(reqHost) && isLoopbackHost(reqHost) && isLoopbackHost(r.RemoteAddr)
+}
+
+// isLoopbackHost reports whether hostPort (host or host:port) is localhost or a loopback
+// address.
+func isLoopbackHost(hostPort string) bool {
+	h, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		h = strings.Trim(hostPort, "[]")
+	}
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }

@@ -8,7 +8,11 @@
 // # What it emulates
 //
 // Service API (SAS or configured bearer auth; every call needs a supported api-version:
-// 2019-03-31, 2021-06-01, 2021-10-01, 2025-07-01-preview):
+// 2019-03-31, 2021-06-01, 2021-10-01, 2025-07-01-preview). A service SAS must name the
+// service host name in "sr": Options.ServiceHostName, which Serve sets to its host:port
+// (the connection string's HostName) plus the loopback aliases it prints; a request from
+// loopback to a loopback Host may then also name that Host, so local port forwarders work
+// (a host name given with --host-name is strict).
 //   - GET / PUT / DELETE /enrollments/{id} and /enrollmentGroups/{id}. PUT creates with 200
 //     (not 201), the etag in the body only (no ETag header) and symmetric keys echoed
 //     (64-byte keys generated when none are sent). PUT on an existing id without If-Match is
@@ -111,8 +115,11 @@
 //   - Persistence (Options.DataDir): a write reaches the operating system before it is
 //     answered, so killing the process loses nothing; Close and every snapshot fsync, so a
 //     clean stop survives a power cut too. See persist.go for the file layout.
-//   - The HTTPS certificate is self-signed and generated at each start (Serve writes it to
-//     ServeOptions.CertFile); only HTTP/1.1 is served.
+//   - The HTTPS certificate is self-signed (Serve writes it to ServeOptions.CertFile). With
+//     a data directory it and its key are kept there and reused by the next start, so a
+//     trusted certificate stays trusted; a new one is made only when they are missing, the
+//     kept one expires within a day or does not name the listen and service hosts. Only
+//     HTTP/1.1 is served.
 //
 // # Performance
 //

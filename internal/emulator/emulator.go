@@ -112,6 +112,15 @@ func (em *Emulator) Close() error {
 	return em.closeErr
 }
 
+// ServiceHostNames returns the host names service SAS tokens may name in "sr": the service
+// host name first, then its aliases. Empty when the emulator takes the request's Host.
+func (em *Emulator) ServiceHostNames() []string {
+	if em.opts.ServiceHostName == "" {
+		return nil
+	}
+	return append([]string{em.opts.ServiceHostName}, em.opts.ServiceHostAliases...)
+}
+
 // IDScope returns the ID scope of the runtime API.
 func (em *Emulator) IDScope() string { return em.opts.IDScope }
 

@@ -85,6 +85,10 @@ func (in *injector) rejectsBulk(ids []string) bool {
 	return false
 }
 
+// Validate reports the first problem of f: a rate outside [0, 1], an unknown operation
+// name, a status that is not 5xx, a negative duration or count.
+func (f *Faults) Validate() error { return f.validate() }
+
 func (f *Faults) validate() error {
 	rate := func(name string, r float64) error {
 		if r < 0 || r > 1 {

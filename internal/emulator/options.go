@@ -60,8 +60,17 @@ func DefaultQuotas() Quotas {
 // default policy, ID scope, linked hubs and quotas.
 type Options struct {
 	// ServiceHostName is the host name (with port, if any) service SAS tokens must name in
-	// "sr". Empty: the Host header of each request, lower-cased.
+	// "sr", as a real instance requires its own host name (DPS.md, Authentication). Serve
+	// sets it, when empty, to the host:port it listens on and names in the connection
+	// string. Empty with New: the Host header of each request, lower-cased (a handler
+	// mounted under an unknown name). When Serve chose the name, a request from loopback
+	// to a loopback Host may also name that Host (a local port forwarder, such as a test's
+	// fault proxy); a name given here is strict.
 	ServiceHostName string
+	// ServiceHostAliases are other host names (with port) accepted in "sr", e.g. the
+	// loopback aliases of a local listener ("localhost:8443" next to "127.0.0.1:8443").
+	// Serve adds the loopback aliases of its listener when it chooses ServiceHostName.
+	ServiceHostAliases []string
 	// IDScope is the ID scope of the runtime API. Empty: DefaultIDScope.
 	IDScope string
 	// Policies are the shared access policies accepted for the service API. Empty: one
@@ -103,6 +112,9 @@ type Options struct {
 	AdminToken string
 	// Logger receives diagnostics (never secrets). Nil: discard.
 	Logger *slog.Logger
+
+	// loopbackForwarders is set by Serve when it chose ServiceHostName (see there).
+	loopbackForwarders bool
 }
 
 // withDefaults validates o and returns a copy with defaults filled in.
@@ -114,6 +126,17 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("emulator: ID scope %q contains a reserved character", o.IDScope)
 	}
 	o.ServiceHostName = strings.ToLower(o.ServiceHostName)
+	aliases := make([]string, 0, len(o.ServiceHostAliases))
+	for _, a := range o.ServiceHostAliases {
+		if a == "" || strings.ContainsAny(a, "/ ") {
+			return o, fmt.Errorf("emulator: service host alias %q is not a host name", a)
+		}
+		aliases = append(aliases, strings.ToLower(a))
+	}
+	if len(aliases) > 0 && o.ServiceHostName == "" {
+		return o, errors.New("emulator: service host aliases need a ServiceHostName")
+	}
+	o.ServiceHostAliases = aliases
 	if len(o.Policies) == 0 {
 		key := make([]byte, 32)
 		if _, err := rand.Read(key); err != nil {

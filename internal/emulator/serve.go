@@ -18,6 +18,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -35,24 +38,48 @@ type ServeOptions struct {
 	KeyFile string
 }
 
+// Names of the certificate and its key in Options.DataDir.
+const (
+	dataDirCertFile = "emulator-cert.pem"
+	dataDirKeyFile  = "emulator-key.pem"
+)
+
+// certRenewBefore is how long before its expiry a kept certificate is replaced.
+const certRenewBefore = 24 * time.Hour
+
 // Server is an Emulator listening on a TCP address.
 type Server struct {
 	*Emulator
-	srv      *http.Server
-	ln       net.Listener
-	url      string
-	host     string
-	certFile string
-	pool     *x509.CertPool
-	tmpDir   string
-	done     chan struct{}
-	serveErr error
+	srv        *http.Server
+	ln         net.Listener
+	url        string
+	host       string
+	certFile   string
+	certReused bool
+	pool       *x509.CertPool
+	tmpDir     string
+	done       chan struct{}
+	serveErr   error
 }
 
-// Serve starts an emulator configured by opts on a listener configured by sopts. It serves
-// HTTPS with a freshly generated self-signed ECDSA certificate (SANs 127.0.0.1, ::1,
-// localhost and the listen host) unless sopts.PlainHTTP; TLS client certificates are
-// requested, not required, so X.509 devices can authenticate. ctx bounds only the start.
+// Serve starts an emulator configured by opts on a listener configured by sopts.
+//
+// Service SAS tokens must name the emulator's host name in "sr", as DPS requires: when
+// opts.ServiceHostName is empty, Serve sets it to the listen host:port (127.0.0.1 for a
+// wildcard address) and accepts the loopback aliases of the listener too
+// (Server.ServiceHostNames), and local port forwarders' loopback names (see
+// Options.ServiceHostName). A given opts.ServiceHostName is strict; it is also the
+// HostName of ConnectionString and the host of URL, since a client signs the host it
+// connects to.
+//
+// It serves HTTPS unless sopts.PlainHTTP, with a self-signed ECDSA certificate (SANs
+// 127.0.0.1, ::1, localhost, the listen host and the service host name). With
+// opts.DataDir the certificate and its key are kept there (emulator-cert.pem,
+// emulator-key.pem) and reused by the next start, so a certificate a user trusted keeps
+// working; a new one is made only when they are missing or unreadable, when the kept one
+// has expired (or expires within a day) or when it does not name every host above. TLS
+// client certificates are requested, not required, so X.509 devices can authenticate.
+// ctx bounds only the start.
 func Serve(ctx context.Context, opts Options, sopts ServeOptions) (*Server, error) {
 	addr := sopts.Addr
 	if addr == "" {
@@ -63,50 +90,32 @@ func Serve(ctx context.Context, opts Options, sopts ServeOptions) (*Server, erro
 	if err != nil {
 		return nil, fmt.Errorf("emulator: listen: %w", err)
 	}
+	tcp := ln.Addr().(*net.TCPAddr)
+	port := strconv.Itoa(tcp.Port)
+	listenHost := hostOf(addr)
+	host := net.JoinHostPort(listenHost, port)
+	if opts.ServiceHostName == "" {
+		opts.ServiceHostName = host
+		opts.ServiceHostAliases = append(loopbackAliases(listenHost, tcp.IP, port), opts.ServiceHostAliases...)
+		opts.loopbackForwarders = true
+	} else {
+		host = opts.ServiceHostName
+	}
 	em, err := New(opts)
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{Emulator: em, ln: ln, done: make(chan struct{})}
-	tcp := ln.Addr().(*net.TCPAddr)
-	s.host = net.JoinHostPort(hostOf(addr, tcp), fmt.Sprint(tcp.Port))
+	s := &Server{Emulator: em, ln: ln, host: strings.ToLower(host), done: make(chan struct{})}
 	errLog := log.New(slogWriter{em.opts.Logger}, "", 0)
 	s.srv = &http.Server{Handler: em.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 	scheme := "http"
 	if !sopts.PlainHTTP {
 		scheme = "https"
-		cert, certPEM, keyPEM, err := selfSigned(hostOf(addr, tcp), em.now())
-		if err != nil {
+		if err := s.setupTLS(opts.DataDir, sopts, certHosts(listenHost, em.ServiceHostNames())); err != nil {
 			s.abort()
 			return nil, err
 		}
-		certFile := sopts.CertFile
-		if certFile == "" {
-			dir := opts.DataDir
-			if dir == "" {
-				if dir, err = os.MkdirTemp("", "dps-emulator-"); err != nil {
-					s.abort()
-					return nil, fmt.Errorf("emulator: certificate directory: %w", err)
-				}
-				s.tmpDir = dir
-			}
-			certFile = filepath.Join(dir, "emulator-cert.pem")
-		}
-		if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
-			s.abort()
-			return nil, fmt.Errorf("emulator: write certificate: %w", err)
-		}
-		if sopts.KeyFile != "" {
-			if err := os.WriteFile(sopts.KeyFile, keyPEM, 0o600); err != nil {
-				s.abort()
-				return nil, fmt.Errorf("emulator: write key: %w", err)
-			}
-		}
-		s.certFile = certFile
-		s.pool = x509.NewCertPool()
-		s.pool.AppendCertsFromPEM(certPEM)
-		s.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 		s.ln = tls.NewListener(ln, s.srv.TLSConfig)
 	}
 	s.url = scheme + "://" + s.host
@@ -119,8 +128,154 @@ func Serve(ctx context.Context, opts Options, sopts ServeOptions) (*Server, erro
 	return s, nil
 }
 
+// setupTLS finds or makes the server certificate for hosts, writes it (and its key) where
+// sopts and dataDir say, and configures the server's TLS.
+func (s *Server) setupTLS(dataDir string, sopts ServeOptions, hosts []string) error {
+	now := s.now()
+	var cert tls.Certificate
+	var certPEM, keyPEM []byte
+	if dataDir != "" {
+		cert, certPEM, keyPEM = keptCertificate(dataDir, hosts, now)
+		s.certReused = certPEM != nil
+	}
+	if !s.certReused {
+		var err error
+		if cert, certPEM, keyPEM, err = selfSigned(hosts, now); err != nil {
+			return err
+		}
+		if dataDir != "" {
+			// The key first: a certificate without its key is not reused.
+			if err := writeFileAtomic(filepath.Join(dataDir, dataDirKeyFile), keyPEM, 0o600); err != nil {
+				return fmt.Errorf("emulator: write key: %w", err)
+			}
+			if err := writeFileAtomic(filepath.Join(dataDir, dataDirCertFile), certPEM, 0o644); err != nil {
+				return fmt.Errorf("emulator: write certificate: %w", err)
+			}
+		}
+		s.opts.Logger.Info("generated a self-signed certificate", "data_dir", dataDir != "")
+	} else {
+		s.opts.Logger.Info("reusing the certificate kept in the data directory", "not_after", cert.Leaf.NotAfter)
+	}
+	certFile := sopts.CertFile
+	if certFile == "" {
+		dir := dataDir
+		if dir == "" {
+			var err error
+			if dir, err = os.MkdirTemp("", "dps-emulator-"); err != nil {
+				return fmt.Errorf("emulator: certificate directory: %w", err)
+			}
+			s.tmpDir = dir
+		}
+		certFile = filepath.Join(dir, dataDirCertFile)
+	}
+	if dataDir == "" || filepath.Clean(certFile) != filepath.Join(dataDir, dataDirCertFile) {
+		if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
+			return fmt.Errorf("emulator: write certificate: %w", err)
+		}
+	}
+	if sopts.KeyFile != "" {
+		if err := writeFileAtomic(sopts.KeyFile, keyPEM, 0o600); err != nil {
+			return fmt.Errorf("emulator: write key: %w", err)
+		}
+	}
+	s.certFile = certFile
+	s.pool = x509.NewCertPool()
+	s.pool.AppendCertsFromPEM(certPEM)
+	s.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	return nil
+}
+
+// keptCertificate loads the certificate and key kept in dir. It returns nil PEM when they
+// are missing, unreadable or do not match, when the certificate is not valid at now or
+// expires within certRenewBefore, or when it does not name every host.
+func keptCertificate(dir string, hosts []string, now time.Time) (tls.Certificate, []byte, []byte) {
+	certPEM, err1 := os.ReadFile(filepath.Join(dir, dataDirCertFile))
+	keyPEM, err2 := os.ReadFile(filepath.Join(dir, dataDirKeyFile))
+	if err1 != nil || err2 != nil {
+		return tls.Certificate{}, nil, nil
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil || cert.Leaf == nil {
+		return tls.Certificate{}, nil, nil
+	}
+	if now.Before(cert.Leaf.NotBefore) || now.Add(certRenewBefore).After(cert.Leaf.NotAfter) {
+		return tls.Certificate{}, nil, nil
+	}
+	for _, h := range hosts {
+		if cert.Leaf.VerifyHostname(h) != nil {
+			return tls.Certificate{}, nil, nil
+		}
+	}
+	return cert, certPEM, keyPEM
+}
+
+// writeFileAtomic writes b to name through a temporary file and a rename, so a crash
+// leaves the old file or the new one, never half of one.
+func writeFileAtomic(name string, b []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, name)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// loopbackAliases are the other names under which a listener on listenHost (IP ip) is
+// reached on this machine: localhost and the loopback address(es) it accepts.
+func loopbackAliases(listenHost string, ip net.IP, port string) []string {
+	var hosts []string
+	switch {
+	case ip.IsUnspecified() && ip.To4() != nil: // 0.0.0.0
+		hosts = []string{"127.0.0.1", "localhost"}
+	case ip.IsUnspecified(): // :: (IPv4 too on a dual-stack system)
+		hosts = []string{"127.0.0.1", "localhost", "::1"}
+	case ip.IsLoopback():
+		hosts = []string{ip.String(), "localhost"}
+	}
+	var out []string
+	for _, h := range hosts {
+		if !strings.EqualFold(h, listenHost) {
+			out = append(out, strings.ToLower(net.JoinHostPort(h, port)))
+		}
+	}
+	return out
+}
+
+// certHosts are the hosts the certificate must name: the loopback names, the listen host
+// and the hosts of the service host names.
+func certHosts(listenHost string, serviceHosts []string) []string {
+	out := []string{"localhost", "127.0.0.1", "::1"}
+	add := func(h string) {
+		if h != "" && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	add(strings.ToLower(listenHost))
+	for _, sh := range serviceHosts {
+		h, _, err := net.SplitHostPort(sh)
+		if err != nil {
+			h = strings.Trim(sh, "[]")
+		}
+		add(strings.ToLower(h))
+	}
+	return out
+}
+
 // hostOf is the host clients should use: the listen host, or 127.0.0.1 for a wildcard.
-func hostOf(addr string, tcp *net.TCPAddr) string {
+func hostOf(addr string) string {
 	h, _, err := net.SplitHostPort(addr)
 	if err != nil || h == "" || h == "0.0.0.0" || h == "::" {
 		return "127.0.0.1"
@@ -139,8 +294,17 @@ func (s *Server) abort() {
 // URL returns the base URL of the service and runtime APIs, e.g. "https://127.0.0.1:8443".
 func (s *Server) URL() string { return s.url }
 
-// HostName returns host:port, the HostName of the connection string.
+// ListenAddr returns the address the server is bound to, e.g. "0.0.0.0:8443" (HostName is
+// what clients use).
+func (s *Server) ListenAddr() string { return s.ln.Addr().String() }
+
+// HostName returns host:port, the HostName of the connection string: the service host name
+// service SAS tokens must name in "sr".
 func (s *Server) HostName() string { return s.host }
+
+// CertificateReused reports whether the HTTPS certificate is the one kept in the data
+// directory by an earlier start (false when it was generated by this start).
+func (s *Server) CertificateReused() bool { return s.certReused }
 
 // ConnectionString returns the service connection string (first policy). It holds a secret.
 func (s *Server) ConnectionString() string { return s.Emulator.ConnectionString(s.host) }
@@ -179,8 +343,8 @@ func (s *Server) Close() error {
 	return errors.Join(err, s.serveErr)
 }
 
-// selfSigned makes an ECDSA P-256 certificate for the loopback names and host.
-func selfSigned(host string, now time.Time) (tls.Certificate, []byte, []byte, error) {
+// selfSigned makes an ECDSA P-256 CA certificate naming hosts (IP addresses and DNS names).
+func selfSigned(hosts []string, now time.Time) (tls.Certificate, []byte, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, nil, nil, fmt.Errorf("emulator: certificate key: %w", err)
@@ -195,15 +359,13 @@ func selfSigned(host string, now time.Time) (tls.Certificate, []byte, []byte, er
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
-	if ip := net.ParseIP(host); ip != nil {
-		if !ip.IsLoopback() {
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
-	} else if host != "localhost" {
-		tmpl.DNSNames = append(tmpl.DNSNames, host)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

@@ -10,17 +10,50 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dpsync/dpsync/internal/emulator"
 )
 
-// policyFlags collects repeated --policy values.
-type policyFlags []string
+// listFlag collects repeated values of a flag.
+type listFlag []string
 
-func (p *policyFlags) String() string     { return strings.Join(*p, ",") }
-func (p *policyFlags) Set(v string) error { *p = append(*p, v); return nil }
+func (p *listFlag) String() string     { return strings.Join(*p, ",") }
+func (p *listFlag) Set(v string) error { *p = append(*p, v); return nil }
+
+// errorRatesFlag collects repeated --fault-error-rate values: OP=RATE, or RATE alone for
+// every operation ("*").
+type errorRatesFlag map[string]float64
+
+func (e errorRatesFlag) String() string {
+	parts := make([]string, 0, len(e))
+	for op, r := range e {
+		parts = append(parts, op+"="+strconv.FormatFloat(r, 'g', -1, 64))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func (e errorRatesFlag) Set(v string) error {
+	op, rate, ok := strings.Cut(v, "=")
+	if !ok {
+		op, rate = "*", v
+	}
+	op = strings.TrimSpace(op)
+	r, err := strconv.ParseFloat(strings.TrimSpace(rate), 64)
+	if err != nil || r < 0 || r > 1 {
+		return fmt.Errorf("rate %q is not a number in [0, 1]", rate)
+	}
+	if op == "" {
+		return errors.New("empty operation name")
+	}
+	// The emulator checks the operation name (emulator.Faults.Validate).
+	e[op] = r
+	return nil
+}
 
 // Main runs the emulator command with args (without the program and subcommand names)
 // until ctx ends, and returns the process exit code: 0 after a clean stop, 2 for bad flags,
@@ -41,13 +74,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		quotaPolls  = fs.Int("quota-polls", 5, "operation polls per device per 10 s (0 = off)")
 		idScope     = fs.String("id-scope", emulator.DefaultIDScope, "ID scope of the runtime API")
 		hubs        = fs.String("hubs", strings.Join(emulator.DefaultLinkedHubs(), ","), "linked IoT hubs, comma-separated")
-		hostName    = fs.String("host-name", "", "host name service SAS tokens must name (default: the request's Host)")
+		hostName    = fs.String("host-name", "", "host:port service SAS tokens must name in sr, and the HostName of the connection string (default: the listen host:port, with its loopback aliases also accepted)")
 		seed        = fs.Uint64("seed", 1, "seed of fault decisions")
 		retryAfter  = fs.Duration("retry-after", emulator.DefaultRuntimeRetryAfter, "Retry-After of the runtime API")
 		assignDelay = fs.Duration("assignment-delay", 0, "how long registrations stay assigning")
 		adminToken  = fs.String("admin-token", os.Getenv("DPS_EMULATOR_ADMIN_TOKEN"), "bearer token required on /admin/ (default $DPS_EMULATOR_ADMIN_TOKEN; empty = none)")
 		bearer      = fs.String("bearer-tokens", "", "comma-separated bearer tokens accepted on the service API (Entra tokens cannot be validated)")
-		errRate     = fs.Float64("fault-error-rate", 0, "probability of an injected 5xx on every operation")
 		errStatus   = fs.Int("fault-error-status", 503, "status of injected errors (500-599)")
 		errAfter    = fs.Float64("fault-error-after-apply-rate", 0, "probability that a write is applied and then answered 5xx")
 		dropRate    = fs.Float64("fault-drop-rate", 0, "probability of a dropped connection")
@@ -56,11 +88,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		jitter      = fs.Duration("fault-jitter", 0, "random extra latency, up to this much")
 		bulkReject  = fs.Float64("fault-bulk-reject-rate", 0, "probability that a bulk call is rejected whole with 400")
 		throttleFor = fs.Duration("fault-throttle-for", 0, "answer every call 429 for this long after start")
+		bulkNext    = fs.Int("fault-bulk-reject-next", 0, "reject the next N bulk calls whole with 400")
 		verbose     = fs.Bool("v", false, "log debug messages")
 		connOut     = fs.String("connection-string-out", "", "also write the service connection string to this file (mode 0600), for workers started next to the emulator")
-		policies    policyFlags
+		policies    listFlag
+		rejectIDs   listFlag
+		errRates    = errorRatesFlag{}
 	)
 	fs.Var(&policies, "policy", "shared access policy NAME (random key), NAME=@FILE (key read from a file) or NAME=env:VAR (key read from an environment variable); repeatable; default one random provisioningserviceowner")
+	fs.Var(errRates, "fault-error-rate", "probability of an injected 5xx before applying: OP=RATE for one operation (e.g. bulkEnrollments=0.05; names as in /admin/counters) or RATE for every operation; repeatable")
+	fs.Var(&rejectIDs, "fault-bulk-reject-id", "reject whole with 400 every bulk call holding this id (a poison item); repeatable or comma-separated")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -108,8 +145,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *retryAfter == 0 {
 		opts.RuntimeRetryAfter = -1
 	}
-	if *errRate > 0 {
-		opts.Faults.ErrorRates = map[string]float64{"*": *errRate}
+	if len(errRates) > 0 {
+		opts.Faults.ErrorRates = errRates
+	}
+	opts.Faults.BulkRejectNext = *bulkNext
+	for _, v := range rejectIDs {
+		opts.Faults.BulkRejectIDs = append(opts.Faults.BulkRejectIDs, splitList(v)...)
+	}
+	if err := opts.Faults.Validate(); err != nil {
+		fmt.Fprintf(stderr, "emulator: fault flags: %v\n", err)
+		return 2
 	}
 	s, err := emulator.Serve(ctx, opts, emulator.ServeOptions{Addr: *addr, PlainHTTP: *plain, CertFile: *certOut, KeyFile: *keyOut})
 	if err != nil {
@@ -124,11 +169,26 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintf(stdout, "DPS emulator listening on %s\n", s.URL())
+	if !strings.HasSuffix(s.URL(), "://"+s.ListenAddr()) {
+		fmt.Fprintf(stdout, "Bound to: %s\n", s.ListenAddr())
+	}
 	fmt.Fprintf(stdout, "Service connection string (holds the policy key; printed once because this is a local emulator):\n  %s\n", s.ConnectionString())
+	names := s.ServiceHostNames()
+	fmt.Fprintf(stdout, "Service SAS host name (sr): %s", names[0])
+	if len(names) > 1 {
+		fmt.Fprintf(stdout, " (also accepted: %s)", strings.Join(names[1:], ", "))
+	}
+	fmt.Fprintln(stdout)
 	fmt.Fprintf(stdout, "ID scope: %s\n", s.IDScope())
 	fmt.Fprintf(stdout, "Linked hubs: %s\n", strings.Join(s.LinkedHubs(), ", "))
 	if f := s.CAFile(); f != "" {
 		fmt.Fprintf(stdout, "Certificate to trust: %s\n", f)
+		switch {
+		case s.CertificateReused():
+			fmt.Fprintln(stdout, "  (the certificate kept in the data directory by an earlier start)")
+		case *dataDir != "":
+			fmt.Fprintln(stdout, "  (new; kept in the data directory and reused by the next start)")
+		}
 	}
 	if *dataDir != "" {
 		fmt.Fprintf(stdout, "Data directory: %s\n", *dataDir)
