@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -543,5 +545,88 @@ func TestBulkRejectIDsRejectsOnlyRequestsHoldingThePoison(t *testing.T) {
 	clean := map[string]any{"enrollments": []any{sym("a"), sym("b")}, "mode": "create"}
 	if r := tg.Do(t, "POST", "/enrollments", clean, nil); string(r.Body) != `{"errors":[],"isSuccessful":true}` {
 		t.Errorf("bulk without the poison id: got %d %s, want success", r.Status, r.Body)
+	}
+}
+
+// TestFaultLatencyJitterAndDrops: injected latency delays every answer by Latency plus a
+// seeded share of Jitter, and the jitter and drop decisions are the same for the same seed.
+// The clock is testing/synctest's, so the delays are measured exactly.
+func TestFaultLatencyJitterAndDrops(t *testing.T) {
+	const latency, jitter = 100 * time.Millisecond, 50 * time.Millisecond
+	type outcome struct {
+		delay   time.Duration
+		dropped bool
+	}
+	run := func(seed uint64) []outcome {
+		var out []outcome
+		synctest.Test(t, func(t *testing.T) {
+			em, err := emulator.New(emulator.Options{Seed: seed, Quotas: &emulator.Quotas{}, ServiceHostName: "dps.test",
+				Faults: emulator.Faults{Latency: emulator.Duration(latency), Jitter: emulator.Duration(jitter), DropRate: 0.3}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer em.Close()
+			p := em.Policies()[0]
+			for range 40 {
+				req := httptest.NewRequest("GET", "https://dps.test/enrollments/x?api-version=2021-10-01", nil)
+				req.Header.Set("Authorization", contract.SAS("dps.test", p.Name, p.Key, time.Now().Add(time.Hour)))
+				start := time.Now()
+				dropped := serveRecovering(em.Handler(), httptest.NewRecorder(), req)
+				out = append(out, outcome{time.Since(start), dropped})
+			}
+		})
+		return out
+	}
+	a, b, c := run(7), run(7), run(8)
+	drops, delays := 0, map[time.Duration]bool{}
+	for i, o := range a {
+		if o.delay < latency || o.delay > latency+jitter {
+			t.Errorf("call %d: delayed %s, want between %s and %s", i, o.delay, latency, latency+jitter)
+		}
+		delays[o.delay] = true
+		if o.dropped {
+			drops++
+		}
+	}
+	if len(delays) < 10 {
+		t.Errorf("40 calls had %d distinct delays, want the jitter to vary them", len(delays))
+	}
+	if drops == 0 || drops == len(a) {
+		t.Errorf("drop rate 0.3: %d of %d calls dropped", drops, len(a))
+	}
+	if !slices.Equal(a, b) {
+		t.Errorf("same seed, different decisions:\n%v\n%v", a, b)
+	}
+	if slices.Equal(a, c) {
+		t.Errorf("seeds 7 and 8 gave the same 40 decisions: %v", a)
+	}
+}
+
+// serveRecovering serves req and reports whether the handler dropped the connection (it
+// panics with http.ErrAbortHandler, which net/http turns into a closed connection).
+func serveRecovering(h http.Handler, w http.ResponseWriter, req *http.Request) (dropped bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			dropped = true
+		}
+	}()
+	h.ServeHTTP(w, req)
+	return false
+}
+
+// TestFaultLatencyOverHTTP: over a real connection, an answer never comes sooner than the
+// injected latency (a lower bound, so the test cannot be flaky).
+func TestFaultLatencyOverHTTP(t *testing.T) {
+	const latency = 60 * time.Millisecond
+	_, tg := startHTTP(t, emulator.Options{Faults: emulator.Faults{Latency: emulator.Duration(latency)}})
+	for range 3 {
+		start := time.Now()
+		r := tg.Do(t, "GET", "/enrollments/x", nil, nil)
+		if took := time.Since(start); took < latency {
+			t.Errorf("answered %d after %s, want at least %s", r.Status, took, latency)
+		}
 	}
 }
