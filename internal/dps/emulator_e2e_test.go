@@ -2,9 +2,18 @@ package dps_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -245,10 +254,266 @@ func TestE2EGroupsAndDeviceRegistration(t *testing.T) {
 	if _, err := dc.Register(ctx, "solo-1", &dps.RegisterOptions{SymmetricKey: groupKey}); err == nil || dps.StatusCode(err) != 401 {
 		t.Fatalf("register with a wrong key: %v, want 401", err)
 	}
-	if _, err := dc.Register(ctx, "nobody", &dps.RegisterOptions{SymmetricKey: groupKey}); !dps.IsNotFound(err) && dps.StatusCode(err) != 401 {
-		t.Fatalf("register unknown: %v, want 404201 or 401", err)
+	// An unknown registration id is 404201 (DPS.md), as the service answers it: not a 401.
+	_, err = dc.Register(ctx, "nobody", &dps.RegisterOptions{SymmetricKey: groupKey})
+	if dps.StatusCode(err) != 404 || dps.ErrorCode(err) != dps.CodeEnrollmentNotFound || !dps.IsNotFound(err) {
+		t.Fatalf("register unknown: %v (status %d, code %d), want 404 with 404201", err, dps.StatusCode(err), dps.ErrorCode(err))
 	}
 	if strings.Contains(fmt.Sprint(err), groupKey) {
 		t.Fatal("an error contains the group key")
+	}
+
+	// The device's own view of its registration (POST /{idScope}/registrations/{id}).
+	key01, err := dps.DeriveDeviceKey(groupKey, "sensor-01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, err := dc.GetRegistrationStatus(ctx, "sensor-01", &dps.GetRegistrationStatusOptions{SymmetricKey: key01})
+	if err != nil {
+		t.Fatalf("registration status: %v", err)
+	}
+	want, err := c.GetRegistrationState(ctx, "sensor-01", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status.RegistrationID != "sensor-01" || status.Status != dps.EnrollmentStatusAssigned || status.AssignedHub == "" ||
+		status.AssignedHub != want.AssignedHub || status.ETag != want.ETag || status.DeviceID != "sensor-01" {
+		t.Fatalf("registration status: got %+v, want the state the service API shows (%+v)", status.DeviceRegistrationResult, want.DeviceRegistrationState)
+	}
+	// A device of the group that never registered: registration not found.
+	key99, _ := dps.DeriveDeviceKey(groupKey, "sensor-99")
+	if _, err := dc.GetRegistrationStatus(ctx, "sensor-99", &dps.GetRegistrationStatusOptions{SymmetricKey: key99}); !dps.IsNotFound(err) || dps.ErrorCode(err) != dps.CodeRegistrationNotFound {
+		t.Fatalf("status of an unregistered device: %v, want 404202", err)
+	}
+	// A key no enrollment accepts: the same answer as an unknown device, nothing revealed.
+	if _, err := dc.GetRegistrationStatus(ctx, "sensor-01", &dps.GetRegistrationStatusOptions{SymmetricKey: key99}); dps.StatusCode(err) != 404 || dps.ErrorCode(err) != dps.CodeEnrollmentNotFound {
+		t.Fatalf("status with another device's key: %v, want 404201", err)
+	}
+}
+
+// TestE2EGroupReadQueryDelete covers the group calls not exercised above: get,
+// attestation mechanism, query pages and delete, against the emulator over HTTPS.
+func TestE2EGroupReadQueryDelete(t *testing.T) {
+	srv, c := newE2E(t, emulator.Options{})
+	ctx := context.Background()
+	static := dps.AllocationPolicyStatic
+	disabled := dps.ProvisioningStatusDisabled
+	created, err := c.CreateOrUpdateEnrollmentGroup(ctx, dps.EnrollmentGroup{EnrollmentGroupID: "Line-9", Attestation: symmetric(),
+		AllocationPolicy: &static, IotHubHostName: "hub-1.azure-devices.net", ProvisioningStatus: &disabled,
+		ReprovisionPolicy: &dps.ReprovisionPolicy{MigrateDeviceData: to(false)}, Capabilities: &dps.DeviceCapabilities{IotEdge: to(true)}}, nil)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	groupKey := created.Attestation.SymmetricKey.PrimaryKey
+	for i := 0; i < 4; i++ {
+		if _, err := c.CreateOrUpdateEnrollmentGroup(ctx, dps.EnrollmentGroup{EnrollmentGroupID: fmt.Sprintf("extra-%d", i), Attestation: symmetric()}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	got, err := c.GetEnrollmentGroup(ctx, "LINE-9", nil)
+	if err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	g := got.EnrollmentGroup
+	switch {
+	case g.EnrollmentGroupID != "Line-9", g.ETag != created.ETag, g.IotHubHostName != "hub-1.azure-devices.net",
+		g.AllocationPolicy == nil || *g.AllocationPolicy != static,
+		g.ProvisioningStatus == nil || *g.ProvisioningStatus != disabled,
+		g.ReprovisionPolicy == nil || g.ReprovisionPolicy.UpdateHubAssignment != nil || g.ReprovisionPolicy.MigratesDeviceData(),
+		!g.Capabilities.IsIotEdge(),
+		g.CreatedDateTimeUTC == nil || g.LastUpdatedDateTimeUTC == nil:
+		t.Fatalf("get: got %+v, want what was written", g)
+	}
+	if g.Attestation == nil || g.Attestation.Type != dps.AttestationTypeSymmetricKey || g.Attestation.SymmetricKey != nil {
+		t.Fatalf("get: attestation %+v, want symmetricKey without keys", g.Attestation)
+	}
+	att, err := c.GetEnrollmentGroupAttestationMechanism(ctx, "line-9", nil)
+	if err != nil || att.SymmetricKey == nil || att.SymmetricKey.PrimaryKey != groupKey || att.SymmetricKey.SecondaryKey != created.Attestation.SymmetricKey.SecondaryKey {
+		t.Fatalf("attestation mechanism: %+v, %v; want the group's keys", att.AttestationMechanism, err)
+	}
+	if _, err := c.GetEnrollmentGroupAttestationMechanism(ctx, "no-such-group", nil); !dps.IsNotFound(err) || dps.ErrorCode(err) != dps.CodeEnrollmentGroupNotFound {
+		t.Fatalf("attestation of an absent group: %v, want 404204", err)
+	}
+
+	// Pages of 2 over 5 groups: 3 pages, every group once, in creation order.
+	pager := c.NewEnrollmentGroupQueryPager(&dps.EnrollmentGroupQueryOptions{PageSize: to[int32](2)})
+	var ids []string
+	pages := 0
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatalf("query page %d: %v", pages+1, err)
+		}
+		pages++
+		if page.ItemType != "EnrollmentGroup" {
+			t.Errorf("item type %q, want EnrollmentGroup", page.ItemType)
+		}
+		for _, g := range page.EnrollmentGroups {
+			ids = append(ids, g.EnrollmentGroupID)
+			if g.Attestation != nil && g.Attestation.SymmetricKey != nil {
+				t.Errorf("query returned the keys of %s", g.EnrollmentGroupID)
+			}
+		}
+	}
+	if want := "Line-9,extra-0,extra-1,extra-2,extra-3"; pages != 3 || strings.Join(ids, ",") != want {
+		t.Fatalf("query: %d pages %v, want 3 pages %s", pages, ids, want)
+	}
+
+	// Enable the group, register a device through it, then delete the group: a stale
+	// If-Match is refused, the delete removes the group's registration states and the
+	// device can no longer register.
+	enabled := dps.ProvisioningStatusEnabled
+	g.ProvisioningStatus = &enabled
+	etag := azcore.ETag(g.ETag)
+	updated, err := c.CreateOrUpdateEnrollmentGroup(ctx, g, &dps.CreateOrUpdateEnrollmentGroupOptions{IfMatch: &etag})
+	if err != nil {
+		t.Fatalf("enable: %v", err)
+	}
+	dc, err := dps.NewDeviceClient(srv.URL(), srv.IDScope(), &dps.DeviceClientOptions{
+		ClientOptions: azcore.ClientOptions{Transport: srv.Client()}, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The GET hid the keys, so the PUT of what it returned generated new ones.
+	if updated.Attestation.SymmetricKey.PrimaryKey == groupKey {
+		t.Fatal("a PUT without keys kept the old keys; DPS generates new ones")
+	}
+	devKey, _ := dps.DeriveDeviceKey(updated.Attestation.SymmetricKey.PrimaryKey, "line9-dev")
+	if res, err := dc.Register(ctx, "line9-dev", &dps.RegisterOptions{SymmetricKey: devKey}); err != nil || res.RegistrationState.AssignedHub != "hub-1.azure-devices.net" {
+		t.Fatalf("register through the group: %+v, %v", res, err)
+	}
+	if _, err := c.DeleteEnrollmentGroup(ctx, "line-9", &dps.DeleteEnrollmentGroupOptions{IfMatch: &etag}); !dps.IsPreconditionFailed(err) {
+		t.Fatalf("delete with a stale etag: %v, want 412", err)
+	}
+	current := azcore.ETag(updated.ETag)
+	if _, err := c.DeleteEnrollmentGroup(ctx, "LINE-9", &dps.DeleteEnrollmentGroupOptions{IfMatch: &current}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := c.GetEnrollmentGroup(ctx, "line-9", nil); !dps.IsNotFound(err) || dps.ErrorCode(err) != dps.CodeEnrollmentGroupNotFound {
+		t.Fatalf("get after delete: %v, want 404204", err)
+	}
+	if _, err := c.DeleteEnrollmentGroup(ctx, "line-9", nil); !dps.IsNotFound(err) || dps.ErrorCode(err) != dps.CodeEnrollmentGroupNotFound {
+		t.Fatalf("delete absent: %v, want 404204", err)
+	}
+	if _, err := c.GetRegistrationState(ctx, "line9-dev", nil); !dps.IsNotFound(err) {
+		t.Fatalf("registration state after the group's delete: %v, want not found", err)
+	}
+	if _, err := dc.Register(ctx, "line9-dev", &dps.RegisterOptions{SymmetricKey: devKey}); dps.ErrorCode(err) != dps.CodeEnrollmentNotFound {
+		t.Fatalf("register after the group's delete: %v, want 404201", err)
+	}
+}
+
+// x509Certs are a CA (the signing certificate of a group), a device certificate it
+// issued, and a self-signed device certificate (an individual enrollment).
+type x509Certs struct {
+	caPEM, selfPEM string
+	leaf, self     tls.Certificate
+}
+
+func makeX509Certs(t *testing.T, leafCN, selfCN string) x509Certs {
+	t.Helper()
+	now := time.Now()
+	mk := func(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (tls.Certificate, string) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if parent == nil {
+			parent, parentKey = tmpl, key
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: c}, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	}
+	nb, na := now.Add(-time.Hour), now.Add(time.Hour)
+	ca, caPEM := mk(&x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "E2E CA"}, NotBefore: nb, NotAfter: na,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, nil, nil)
+	leaf, _ := mk(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: leafCN}, NotBefore: nb, NotAfter: na,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca.Leaf, ca.PrivateKey.(*ecdsa.PrivateKey))
+	self, selfPEM := mk(&x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: selfCN}, NotBefore: nb, NotAfter: na,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, nil, nil)
+	return x509Certs{caPEM: caPEM, selfPEM: selfPEM, leaf: leaf, self: self}
+}
+
+// deviceWithCert is a DeviceClient whose transport presents cert as its TLS client
+// certificate.
+func deviceWithCert(t *testing.T, srv *emulator.Server, cert tls.Certificate) *dps.DeviceClient {
+	t.Helper()
+	hc := srv.Client()
+	tr := hc.Transport.(*http.Transport)
+	tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
+	t.Cleanup(hc.CloseIdleConnections)
+	dc, err := dps.NewDeviceClient(srv.URL(), srv.IDScope(), &dps.DeviceClientOptions{
+		ClientOptions: azcore.ClientOptions{Transport: hc}, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dc
+}
+
+// TestE2EX509Registration registers X.509 devices through the client, authenticated by
+// their TLS client certificate only: one with an individual enrollment (thumbprint match),
+// one through a group (the certificate chains to the group's signing certificate).
+func TestE2EX509Registration(t *testing.T) {
+	srv, c := newE2E(t, emulator.Options{LinkedHubs: []string{"x509-hub.azure-devices.net"}})
+	ctx := context.Background()
+	certs := makeX509Certs(t, "x509-group-dev", "x509-solo")
+	x509Att := func(client bool, pemText string) *dps.AttestationMechanism {
+		certsOf := &dps.X509Certificates{Primary: &dps.X509CertificateWithInfo{Certificate: pemText}}
+		if client {
+			return &dps.AttestationMechanism{Type: dps.AttestationTypeX509, X509: &dps.X509Attestation{ClientCertificates: certsOf}}
+		}
+		return &dps.AttestationMechanism{Type: dps.AttestationTypeX509, X509: &dps.X509Attestation{SigningCertificates: certsOf}}
+	}
+	en, err := c.CreateOrUpdateEnrollment(ctx, dps.IndividualEnrollment{RegistrationID: "x509-solo", Attestation: x509Att(true, certs.selfPEM)}, nil)
+	if err != nil {
+		t.Fatalf("create x509 enrollment: %v", err)
+	}
+	info := en.Attestation.X509.ClientCertificates.Primary.Info
+	if info == nil || info.SubjectName != "CN=x509-solo" || en.Attestation.X509.ClientCertificates.Primary.Certificate != "" {
+		t.Fatalf("x509 enrollment: primary %+v, want computed info and no echoed certificate", en.Attestation.X509.ClientCertificates.Primary)
+	}
+	if _, err := c.CreateOrUpdateEnrollmentGroup(ctx, dps.EnrollmentGroup{EnrollmentGroupID: "x509-line", Attestation: x509Att(false, certs.caPEM)}, nil); err != nil {
+		t.Fatalf("create x509 group: %v", err)
+	}
+
+	solo := deviceWithCert(t, srv, certs.self)
+	res, err := solo.Register(ctx, "x509-solo", nil)
+	if err != nil {
+		t.Fatalf("register x509-solo: %v", err)
+	}
+	rs := res.RegistrationState
+	if res.Status != dps.EnrollmentStatusAssigned || rs == nil || rs.AssignedHub != "x509-hub.azure-devices.net" ||
+		rs.X509 == nil || rs.X509.CertificateInfo == nil || rs.X509.CertificateInfo.SHA256Thumbprint != info.SHA256Thumbprint {
+		t.Fatalf("register x509-solo: %+v, want assigned with the certificate's info", res.RegistrationOperationStatus)
+	}
+	st, err := solo.GetRegistrationStatus(ctx, "x509-solo", nil)
+	if err != nil || st.Status != dps.EnrollmentStatusAssigned || st.AssignedHub != rs.AssignedHub {
+		t.Fatalf("x509 registration status: %+v, %v", st.DeviceRegistrationResult, err)
+	}
+	// The certificate's CN is the registration id: another id is refused.
+	if _, err := solo.Register(ctx, "someone-else", nil); dps.StatusCode(err) != 401 {
+		t.Fatalf("register another id with x509-solo's certificate: %v, want 401", err)
+	}
+
+	grouped := deviceWithCert(t, srv, certs.leaf)
+	res, err = grouped.Register(ctx, "x509-group-dev", nil)
+	if err != nil {
+		t.Fatalf("register x509-group-dev: %v", err)
+	}
+	if rs := res.RegistrationState; res.Status != dps.EnrollmentStatusAssigned || rs == nil || rs.X509 == nil || rs.X509.EnrollmentGroupID != "x509-line" {
+		t.Fatalf("register x509-group-dev: %+v, want assigned through x509-line", res.RegistrationOperationStatus)
+	}
+	// Without a client certificate (and without a key) the device cannot authenticate.
+	anon, err := dps.NewDeviceClient(srv.URL(), srv.IDScope(), &dps.DeviceClientOptions{ClientOptions: azcore.ClientOptions{Transport: srv.Client()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := anon.Register(ctx, "x509-solo", nil); dps.StatusCode(err) != 401 {
+		t.Fatalf("register without a certificate: %v, want 401", err)
 	}
 }
