@@ -29,11 +29,23 @@ import (
 func cmdDemo(ctx context.Context, args []string, e env) int {
 	fs := flag.NewFlagSet("worker demo", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	dataDir := fs.String("data-dir", "", "where the embedded JetStream and emulator keep their files (default: a fresh temporary directory)")
+	dataDir := fs.String("data-dir", "", "keep the embedded JetStream's files (the events and dead letters) in this directory (default: a temporary directory, removed at exit)")
 	events := fs.String("events", "", "JSONL events to publish (default: the bundled schemas/examples/demo.jsonl)")
 	verbose := fs.Bool("v", false, "show the worker's logs")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up when the events are not processed by then")
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: worker demo [flags]   (every flag also as DPSYNC_<NAME>)")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, e); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "worker demo: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if err := applyEnv(fs, e.getenv); err != nil {
+		fmt.Fprintf(e.stderr, "worker demo: %v\n", err)
 		return 2
 	}
 	data := schemas.DemoEvents()
@@ -82,9 +94,9 @@ func cmdDemo(ctx context.Context, args []string, e env) int {
 	case <-ctx.Done():
 		return 1
 	}
-	fmt.Fprintf(e.stdout, "dpsync demo\n  embedded JetStream  %s  (stream %s, subjects %s.<enrollment|group>.<id>)\n  embedded DPS        %s\n  metrics             http://%s/metrics\n\n",
+	fmt.Fprintf(e.stdout, "dpsync demo\n  embedded JetStream  %s  (stream %s, subjects %s.<enrollment|group>.<token>, token = the lower-cased id with . as %%2E)\n  embedded DPS        %s\n  metrics             http://%s/metrics\n\n",
 		info.NATSURL, info.Stream, info.SubjectPrefix, info.EmulatorURL, info.HTTPAddr)
-	code := demo(ctx, e, info, data, *timeout)
+	code := demo(ctx, e, info, data, *timeout, *dataDir)
 	stop()
 	if err := <-runErr; err != nil {
 		fmt.Fprintf(e.stderr, "worker demo: worker stopped with: %v\n", err)
@@ -93,7 +105,10 @@ func cmdDemo(ctx context.Context, args []string, e env) int {
 	return code
 }
 
-func demo(ctx context.Context, e env, info app.Info, data []byte, timeout time.Duration) int {
+// demo publishes data to the running worker described by info, waits until every event is
+// settled and prints what DPS holds and the dead letters. keptDir is the --data-dir the
+// worker's JetStream lives in ("" when it is a temporary directory).
+func demo(ctx context.Context, e env, info app.Info, data []byte, timeout time.Duration, keptDir string) int {
 	nc, err := nats.Connect(info.NATSURL)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "worker demo: %v\n", err)
@@ -175,13 +190,34 @@ func demo(ctx context.Context, e env, info app.Info, data []byte, timeout time.D
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", l.Seq, l.Key, l.Operation, l.Class, l.Reason)
 	}
 	w.Flush()
-	fmt.Fprintf(e.stdout, "\nsummary: %d events published, %d enrollments and %d groups on the emulator, %d dead letters, 0 events waiting\n",
-		rep.Published, len(enrollments), len(groups), len(letters))
-	fmt.Fprintf(e.stdout, "next: `worker dlq list` / `worker dlq show SEQ` against a running worker show these letters; see README.md\n")
+	fmt.Fprintf(e.stdout, "\nsummary: %s published, %s and %s on the emulator, %s, 0 events waiting\n",
+		plural(rep.Published, "event"), plural(len(enrollments), "enrollment"), plural(len(groups), "group"), plural(len(letters), "dead letter"))
+	fmt.Fprint(e.stdout, demoNext(keptDir))
 	if len(enrollments) == 0 {
 		return 1
 	}
 	return 0
+}
+
+// demoNext is the demo's closing hint: how to look at its dead letters with `worker dlq`.
+func demoNext(keptDir string) string {
+	if keptDir == "" {
+		return "next: this demo's JetStream lived in a temporary directory, removed now. To inspect the dead\n" +
+			"letters with `worker dlq`, run `worker demo --data-dir DIR`, then `worker run --data-dir DIR`\n" +
+			"(it serves that JetStream on nats://127.0.0.1:4222) and, in another shell, `worker dlq list`\n" +
+			"and `worker dlq show SEQ` (`worker` is `go run ./cmd/worker` in a checkout).\n"
+	}
+	return fmt.Sprintf("next: the events and dead letters are kept in %s. Run `worker run --data-dir %s`\n"+
+		"(it serves that JetStream on nats://127.0.0.1:4222) and, in another shell, `worker dlq list`\n"+
+		"and `worker dlq show SEQ` (`worker` is `go run ./cmd/worker` in a checkout).\n", keptDir, keptDir)
+}
+
+// plural is "1 event", "2 events".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // waitDrained waits until every partition consumer of stream has delivered and seen

@@ -34,6 +34,14 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
+// coalesceGiven reports whether --coalesce was set on the command line or, once applyEnv
+// ran (it sets flags with fs.Set), in the environment.
+func coalesceGiven(fs *flag.FlagSet) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "coalesce" })
+	return given
+}
+
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -64,15 +72,20 @@ func (d *durationList) String() string {
 	return strings.Join(s, ",")
 }
 
+// Set parses a comma-separated list of positive durations.
 func (d *durationList) Set(v string) error {
-	*d = nil
+	var out []time.Duration
 	for _, part := range strings.Split(v, ",") {
 		x, err := time.ParseDuration(strings.TrimSpace(part))
 		if err != nil {
-			return fmt.Errorf("%q is not a duration list like 1m,5m,30m", v)
+			return fmt.Errorf("%q is not a list of durations like 1m,5m,30m", v)
 		}
-		*d = append(*d, x)
+		if x <= 0 {
+			return fmt.Errorf("%q: every wait must be positive, %s is not", v, strings.TrimSpace(part))
+		}
+		out = append(out, x)
 	}
+	*d = out
 	return nil
 }
 
@@ -94,16 +107,9 @@ func (s *stringList) Set(v string) error {
 func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) string) error {
 	fs.StringVar(&o.WorkerID, "worker-id", "", "name of this worker in leases and dead letters (default hostname-pid)")
 	fs.StringVar(&o.DataDir, "data-dir", "dpsync-data", "directory of the embedded JetStream server's files")
-	urls := (*stringList)(&o.NATSURLs)
-	fs.Var(urls, "nats-url", "NATS server URLs, comma-separated (empty: start an embedded JetStream server)")
+	var conn natsFlags
+	conn.register(fs, "NATS server URLs, comma-separated (empty: start an embedded JetStream server)")
 	fs.StringVar(&o.EmbeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "client address of the embedded JetStream server (port 0 = any free port)")
-	fs.StringVar(&o.NATSCredsFile, "nats-creds", "", "NATS credentials (JWT) file")
-	fs.StringVar(&o.NATSNKeyFile, "nats-nkey", "", "NATS NKey seed file")
-	fs.StringVar(&o.NATSUser, "nats-user", "", "NATS user (password from DPSYNC_NATS_PASSWORD or --nats-password-file)")
-	natsPassFile := fs.String("nats-password-file", "", "file holding the NATS password")
-	fs.StringVar(&o.NATSCAFile, "nats-ca", "", "CA file to verify the NATS server")
-	fs.StringVar(&o.NATSCertFile, "nats-cert", "", "client certificate for NATS TLS")
-	fs.StringVar(&o.NATSKeyFile, "nats-key", "", "client key for NATS TLS")
 
 	dpsConnFile := fs.String("dps-connection-string-file", "", "file holding the DPS service connection string (or set DPSYNC_DPS_CONNECTION_STRING); empty with no endpoint: embedded emulator")
 	fs.StringVar(&o.DPSEndpoint, "dps-endpoint", "", "DPS endpoint for Entra ID auth (DefaultAzureCredential), e.g. https://mydps.azure-devices-provisioning.net")
@@ -127,9 +133,10 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 	fs.IntVar(&o.Batcher.MaxPending, "max-pending", 20000, "events waiting in the batcher (bounds memory)")
 	fs.BoolVar(&o.Batcher.Coalesce, "coalesce", true, "fold pending update events of one device where the DPS result is the same (see internal/batcher)")
 	fs.DurationVar(&o.Retry.Budget, "retry-budget", 2*time.Minute, "how long a transient failure is retried before it is dead-lettered")
-	holdContinue := fs.Bool("hold-continue", false, "let later events of a key continue past its dead letter (default: they follow it)")
+	holdContinue := fs.Bool("hold-continue", false, "let later events of a key continue past its dead letter (default: they follow it); turns --coalesce off (docs/OPERATIONS.md)")
 	redrive := (*durationList)(&o.RedriveEvery)
-	fs.Var(redrive, "redrive-schedule", "automatic redrive of transient dead letters, e.g. 1m,5m,30m,2h")
+	fs.Var(redrive, "redrive-schedule", "waits before the automatic redrives of a transient dead letter, e.g. 1m,5m,30m,2h (default 1m,5m,30m,2h)")
+	fs.IntVar(&o.RedriveLimit, "redrive-limit", 0, "automatic redrives of a transient dead letter before it is parked as permanent (0 = one per --redrive-schedule entry; beyond the schedule each waits its last entry)")
 
 	fs.IntVar(&o.QuotaPerMinute, "quota", 1000, "DPS operations per minute for the whole fleet (-1 = unlimited)")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", 9*time.Second, "partition lease TTL: bound on takeover after a worker dies")
@@ -140,15 +147,26 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 		if err := applyEnv(fs, getenv); err != nil {
 			return err
 		}
-		var err error
-		if o.NATSPassword, err = secretFrom(getenv, envPrefix+"NATS_PASSWORD", *natsPassFile); err != nil {
-			return fmt.Errorf("nats password: %w", err)
+		if err := conn.resolve(getenv); err != nil {
+			return err
 		}
+		conn.apply(o)
+		var err error
 		if o.DPSConnectionString, err = secretFrom(getenv, envPrefix+"DPS_CONNECTION_STRING", *dpsConnFile); err != nil {
 			return fmt.Errorf("dps connection string: %w", err)
 		}
+		if o.RedriveLimit < 0 {
+			return fmt.Errorf("--redrive-limit: %d is negative", o.RedriveLimit)
+		}
 		if *holdContinue {
+			// Coalescing relies on a failed event holding its key (internal/batcher,
+			// "Coalescing"): with later events continuing, create + update folded into one
+			// create would drop the update when the create fails.
+			if coalesceGiven(fs) && o.Batcher.Coalesce {
+				return errors.New("--hold-continue and --coalesce cannot be combined: coalescing needs a failed event to hold its key")
+			}
 			o.HoldPolicy = consumer.HoldContinue
+			o.Batcher.Coalesce = false
 		}
 		return nil
 	}

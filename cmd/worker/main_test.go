@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"strings"
 	"testing"
@@ -17,7 +18,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("starts a whole worker")
 	}
 	var out, errb bytes.Buffer
-	code := run([]string{"demo", "-data-dir", t.TempDir(), "-v"}, strings.NewReader(""), &out, &errb, func(string) string { return "" })
+	code := run(context.Background(), []string{"demo", "-data-dir", t.TempDir(), "-v"}, strings.NewReader(""), &out, &errb, func(string) string { return "" })
 	if code != 0 {
 		t.Fatalf("worker demo exited %d\nstdout:\n%s\nstderr:\n%.3000s", code, out.String(), errb.String())
 	}
@@ -60,8 +61,8 @@ func TestFlagsFromEnvironmentAndSecretsOnlyFromEnvOrFiles(t *testing.T) {
 	if o.Stream.Partitions != 8 {
 		t.Errorf("partitions: got %d, want 8 (the flag wins over the environment)", o.Stream.Partitions)
 	}
-	if o.Batcher.Linger.String() != "40ms" || !o.Batcher.Coalesce {
-		t.Errorf("batcher: %+v, want linger 40ms from env and coalescing on by default", o.Batcher)
+	if o.Batcher.Linger.String() != "40ms" || o.Batcher.Coalesce {
+		t.Errorf("batcher: %+v, want linger 40ms from env and coalescing off (DPSYNC_HOLD_CONTINUE turns it off)", o.Batcher)
 	}
 	if o.DPSConnectionString == "" || o.HoldPolicy == 0 {
 		t.Errorf("secret or hold policy not read from the environment")
@@ -109,7 +110,7 @@ func TestRouteEvent(t *testing.T) {
 
 func TestUnknownCommand(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"frobnicate"}, nil, &out, &errb, func(string) string { return "" }); code != 2 || !strings.Contains(errb.String(), `unknown command "frobnicate"`) {
+	if code := run(context.Background(), []string{"frobnicate"}, nil, &out, &errb, func(string) string { return "" }); code != 2 || !strings.Contains(errb.String(), `unknown command "frobnicate"`) {
 		t.Fatalf("got %d, %q; want 2 and a clear message", code, errb.String())
 	}
 }

@@ -10,12 +10,10 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/dpsync/dpsync/internal/app"
 	"github.com/dpsync/dpsync/internal/event"
 )
 
@@ -131,26 +129,39 @@ func publishEvents(ctx context.Context, js jetstream.JetStream, prefix string, r
 	return rep, settle(true)
 }
 
+// publishFlags binds the flags of "worker publish": the NATS connection flags (shared with
+// run and dlq), the subject prefix and the publish window.
+func publishFlags(fs *flag.FlagSet, conn *natsFlags) (prefix *string, window *int) {
+	conn.urls = urlList{defaultNATSURL}
+	conn.register(fs, "NATS server URLs, comma-separated")
+	prefix = fs.String("subject-prefix", "dpsync.events", "subject prefix of the events stream")
+	window = fs.Int("window", 256, "publishes awaiting confirmation at once")
+	return prefix, window
+}
+
 func cmdPublish(ctx context.Context, args []string, e env) int {
 	fs := flag.NewFlagSet("worker publish", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server URL")
-	creds := fs.String("nats-creds", "", "NATS credentials file")
-	prefix := fs.String("subject-prefix", "dpsync.events", "subject prefix of the events stream")
-	window := fs.Int("window", 256, "publishes awaiting confirmation at once")
+	var conn natsFlags
+	prefix, window := publishFlags(fs, &conn)
 	fs.Usage = func() {
-		fmt.Fprintln(e.stderr, "usage: worker publish [flags] FILE|-   (JSONL: one CloudEvents event per line)")
+		fmt.Fprintln(fs.Output(), "usage: worker publish [flags] FILE|-   (JSONL: one CloudEvents event per line)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, e); !ok {
+		return code
 	}
 	if err := applyEnv(fs, e.getenv); err != nil {
 		fmt.Fprintf(e.stderr, "worker publish: %v\n", err)
 		return 2
 	}
 	if fs.NArg() != 1 {
+		fs.SetOutput(e.stderr)
 		fs.Usage()
+		return 2
+	}
+	if err := conn.resolve(e.getenv); err != nil {
+		fmt.Fprintf(e.stderr, "worker publish: %v\n", err)
 		return 2
 	}
 	in := e.stdin
@@ -165,19 +176,15 @@ func cmdPublish(ctx context.Context, args []string, e env) int {
 		total = countLines(name)
 		in = f
 	}
-	opts := []nats.Option{nats.Name("dpsync publish"), nats.Timeout(5 * time.Second)}
-	if *creds != "" {
-		opts = append(opts, nats.UserCredentials(*creds))
-	}
-	nc, err := nats.Connect(*url, opts...)
+	nc, err := conn.connect("dpsync publish")
 	if err != nil {
-		fmt.Fprintf(e.stderr, "worker publish: connect to %s: %v\n", *url, redactNATSURL(err))
+		fmt.Fprintf(e.stderr, "worker publish: %v\n", err)
 		return 1
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "worker publish: %v\n", err)
+		fmt.Fprintf(e.stderr, "worker publish: %v\n", conn.redact(err.Error()))
 		return 1
 	}
 	bar := newProgress(e.stderr, "publish", total)
@@ -186,9 +193,9 @@ func cmdPublish(ctx context.Context, args []string, e env) int {
 	for _, r := range rep.Rejected {
 		fmt.Fprintf(e.stderr, "rejected %s\n", r)
 	}
-	fmt.Fprintf(e.stdout, "published %d events (%d deduplicated by the stream, %d rejected)\n", rep.Published, rep.Duplicates, len(rep.Rejected))
+	fmt.Fprintf(e.stdout, "published %d events to %s (%d deduplicated by the stream, %d rejected)\n", rep.Published, conn.urls.String(), rep.Duplicates, len(rep.Rejected))
 	if err != nil {
-		fmt.Fprintf(e.stderr, "worker publish: %v\n", err)
+		fmt.Fprintf(e.stderr, "worker publish: %v\n", conn.redact(err.Error()))
 		return 1
 	}
 	if len(rep.Rejected) > 0 {
@@ -213,6 +220,3 @@ func countLines(name string) int {
 	}
 	return n
 }
-
-// redactNATSURL is err's text without user:password@ of any URL in it.
-func redactNATSURL(err error) string { return app.RedactURLs(err.Error()) }
