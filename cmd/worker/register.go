@@ -31,6 +31,7 @@ func cmdRegister(ctx context.Context, args []string, e env) int {
 	caFile := fs.String("ca", "", "extra CA to trust (the emulator's certificate)")
 	payload := fs.String("payload", "", "custom JSON payload for custom allocation")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	poll := fs.Duration("poll-interval", dps.DefaultPollInterval, "wait between status polls when the service sends no Retry-After")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -77,7 +78,11 @@ func cmdRegister(ctx context.Context, args []string, e env) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	res, err := register(ctx, *endpoint, *idScope, *regID, key, p, hc)
+	if *poll <= 0 {
+		fmt.Fprintln(e.stderr, "worker register: --poll-interval must be positive")
+		return 2
+	}
+	res, err := register(ctx, *endpoint, *idScope, *regID, key, p, hc, *poll)
 	if res.RegistrationState != nil {
 		st := res.RegistrationState
 		fmt.Fprintf(e.stdout, "registration %s: status %s", *regID, res.Status)
@@ -93,8 +98,8 @@ func cmdRegister(ctx context.Context, args []string, e env) int {
 	return 0
 }
 
-func register(ctx context.Context, endpoint, idScope, regID, key string, payload json.RawMessage, hc *http.Client) (dps.RegisterResponse, error) {
-	dc, err := dps.NewDeviceClient(endpoint, idScope, &dps.DeviceClientOptions{ClientOptions: azcore.ClientOptions{Transport: hc}})
+func register(ctx context.Context, endpoint, idScope, regID, key string, payload json.RawMessage, hc *http.Client, poll time.Duration) (dps.RegisterResponse, error) {
+	dc, err := dps.NewDeviceClient(endpoint, idScope, &dps.DeviceClientOptions{ClientOptions: azcore.ClientOptions{Transport: hc}, PollInterval: poll})
 	if err != nil {
 		return dps.RegisterResponse{}, err
 	}
