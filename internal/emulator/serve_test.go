@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,6 +86,65 @@ func TestServeServiceHostName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeThroughLocalForwarder: a client that reaches a served emulator through a TCP
+// forwarder on another loopback port signs the forwarder's host:port, as the integration
+// harness's fault proxies and taps have their workers do. That passes; naming a non-loopback
+// host through the same forwarder does not.
+func TestServeThroughLocalForwarder(t *testing.T) {
+	s := emulatortest.New(t, emulator.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", s.ListenAddr())
+			if err != nil {
+				in.Close()
+				return
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); _, _ = io.Copy(out, in); out.Close() }()
+			go func() { defer wg.Done(); _, _ = io.Copy(in, out); in.Close() }()
+		}
+	}()
+	p := s.Policies()[0]
+	c := s.Client()
+	defer c.CloseIdleConnections()
+	fwd := ln.Addr().String()
+	for _, tc := range []struct {
+		sr, host string
+		want     int
+	}{
+		{fwd, "", 404},
+		{"evil.example:1", "evil.example:1", 401},
+	} {
+		req, _ := http.NewRequest("GET", "https://"+fwd+"/enrollments/none?api-version="+contract.APIVersion, nil)
+		if tc.host != "" {
+			req.Host = tc.host
+		}
+		req.Header.Set("Authorization", contract.SAS(tc.sr, p.Name, p.Key, time.Now().Add(time.Hour)))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("through the forwarder, sr %s: got %d, want %d", tc.sr, resp.StatusCode, tc.want)
+		}
+	}
+	c.CloseIdleConnections()
 }
 
 // TestServeGivenHostName: a given ServiceHostName is what the connection string and the
