@@ -94,7 +94,9 @@
 //   - Re-registration substatus: first assignment initialAssignment; with
 //     updateHubAssignment=false the device keeps its hub and gets
 //     reprovisionedToInitialAssignment; with updateHubAssignment and migrateDeviceData
-//     (the default) deviceDataMigrated; without migrateDeviceData deviceDataReset.
+//     (the default) deviceDataMigrated; without migrateDeviceData deviceDataReset. An
+//     absent policy or field takes the spec default, true; a partial policy is echoed as
+//     sent.
 //   - A register call whose SAS matches neither an individual enrollment nor any group is
 //     404201 (the service's answer for an unknown registration id); a known individual
 //     enrollment with a wrong key is 401002.
