@@ -14,7 +14,7 @@ import (
 // (shared with run and publish) and the dead-letter stream.
 func dlqFlags(fs *flag.FlagSet, conn *natsFlags) (stream *string) {
 	conn.urls = urlList{defaultNATSURL}
-	conn.register(fs, "NATS server URLs, comma-separated")
+	conn.register(fs, "NATS server `URLs`, comma-separated")
 	return fs.String("dlq-stream", "DPS_DLQ", "dead-letter stream")
 }
 
@@ -27,11 +27,13 @@ func cmdDLQ(ctx context.Context, args []string, e env) int {
 	var conn natsFlags
 	stream := dlqFlags(fs, &conn)
 	connFlags := func(sub *flag.FlagSet) {
-		conn.register(sub, "NATS server URLs, comma-separated (default "+defaultNATSURL+")")
+		// Registered after the flags before the command were parsed: the defaults shown
+		// are the values in force (never a URL's password: urlList redacts it).
+		conn.register(sub, "NATS server `URLs`, comma-separated")
 	}
 	fs.Usage = func() {
 		dlqcli.WriteUsage(fs.Output(), nil)
-		fmt.Fprintln(fs.Output(), "\nconnection flags (before or after the command; every one also as DPSYNC_<NAME>):")
+		fmt.Fprintln(fs.Output(), "\nflags before the command (the --nats-* connection flags may also follow it; each one can also be set as DPSYNC_<NAME>):")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, e); !ok {

@@ -108,7 +108,7 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 	fs.StringVar(&o.WorkerID, "worker-id", "", "name of this worker in leases and dead letters (default hostname-pid)")
 	fs.StringVar(&o.DataDir, "data-dir", "dpsync-data", "directory of the embedded JetStream server's files")
 	var conn natsFlags
-	conn.register(fs, "NATS server URLs, comma-separated (empty: start an embedded JetStream server)")
+	conn.register(fs, "NATS server `URLs`, comma-separated (empty: start an embedded JetStream server)")
 	fs.StringVar(&o.EmbeddedNATSAddr, "embedded-nats-addr", "127.0.0.1:4222", "client address of the embedded JetStream server (port 0 = any free port)")
 
 	dpsConnFile := fs.String("dps-connection-string-file", "", "file holding the DPS service connection string (or set DPSYNC_DPS_CONNECTION_STRING); empty with no endpoint: embedded emulator")

@@ -44,13 +44,13 @@ var natsFlagNames = []string{"nats-url", "nats-creds", "nats-nkey", "nats-user",
 // between the worker (empty: embedded server) and the CLIs.
 func (n *natsFlags) register(fs *flag.FlagSet, urlUsage string) {
 	fs.Var(&n.urls, "nats-url", urlUsage)
-	fs.Var((*stringValue)(&n.creds), "nats-creds", "NATS credentials (JWT) file")
-	fs.Var((*stringValue)(&n.nkey), "nats-nkey", "NATS NKey seed file")
-	fs.Var((*stringValue)(&n.user), "nats-user", "NATS user (password from DPSYNC_NATS_PASSWORD or --nats-password-file)")
-	fs.Var((*stringValue)(&n.passFile), "nats-password-file", "file holding the NATS password (or set DPSYNC_NATS_PASSWORD)")
-	fs.Var((*stringValue)(&n.ca), "nats-ca", "CA file to verify the NATS server (TLS)")
-	fs.Var((*stringValue)(&n.cert), "nats-cert", "client certificate for NATS TLS (with --nats-key)")
-	fs.Var((*stringValue)(&n.key), "nats-key", "client key for NATS TLS (with --nats-cert)")
+	fs.Var((*stringValue)(&n.creds), "nats-creds", "NATS credentials (JWT) `file`")
+	fs.Var((*stringValue)(&n.nkey), "nats-nkey", "NATS NKey seed `file`")
+	fs.Var((*stringValue)(&n.user), "nats-user", "NATS `user` (password from DPSYNC_NATS_PASSWORD or --nats-password-file)")
+	fs.Var((*stringValue)(&n.passFile), "nats-password-file", "`file` holding the NATS password (or set DPSYNC_NATS_PASSWORD)")
+	fs.Var((*stringValue)(&n.ca), "nats-ca", "CA `file` to verify the NATS server (TLS)")
+	fs.Var((*stringValue)(&n.cert), "nats-cert", "client certificate `file` for NATS TLS (with --nats-key)")
+	fs.Var((*stringValue)(&n.key), "nats-key", "client key `file` for NATS TLS (with --nats-cert)")
 }
 
 // resolve reads the password (environment first, then --nats-password-file) and checks

@@ -133,7 +133,7 @@ func publishEvents(ctx context.Context, js jetstream.JetStream, prefix string, r
 // run and dlq), the subject prefix and the publish window.
 func publishFlags(fs *flag.FlagSet, conn *natsFlags) (prefix *string, window *int) {
 	conn.urls = urlList{defaultNATSURL}
-	conn.register(fs, "NATS server URLs, comma-separated")
+	conn.register(fs, "NATS server `URLs`, comma-separated")
 	prefix = fs.String("subject-prefix", "dpsync.events", "subject prefix of the events stream")
 	window = fs.Int("window", 256, "publishes awaiting confirmation at once")
 	return prefix, window
