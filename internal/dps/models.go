@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -53,27 +52,15 @@ type ProvisioningStatus string
 // MarshalJSON implements json.Marshaler: the empty status (the null sentinel's value) is
 // written as null.
 func (p ProvisioningStatus) MarshalJSON() ([]byte, error) {
-	if p == "" {
+	switch p {
+	case "":
 		return []byte("null"), nil
+	case ProvisioningStatusEnabled:
+		return []byte(`"enabled"`), nil
+	case ProvisioningStatusDisabled:
+		return []byte(`"disabled"`), nil
 	}
 	return json.Marshal(string(p))
-}
-
-// decodeProvisioningStatus reads a raw provisioningStatus: absent → nil, null → the azcore
-// null sentinel, a string → that status.
-func decodeProvisioningStatus(raw json.RawMessage, structName string) (*ProvisioningStatus, error) {
-	switch {
-	case len(raw) == 0:
-		return nil, nil
-	case string(raw) == "null":
-		return azcore.NullValue[*ProvisioningStatus](), nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, &json.UnmarshalTypeError{Value: jsonValueKind(raw), Type: reflect.TypeFor[ProvisioningStatus](), Struct: structName, Field: "provisioningStatus"}
-	}
-	p := ProvisioningStatus(s)
-	return &p, nil
 }
 
 // jsonValueKind names the kind of a JSON value the way encoding/json's errors do.
@@ -399,51 +386,47 @@ type EnrollmentGroup struct {
 // provisioningStatus of null becomes the azcore null sentinel (see ProvisioningStatus).
 func (e *IndividualEnrollment) UnmarshalJSON(b []byte) error {
 	type plain IndividualEnrollment
-	w := struct {
-		*plain
-		ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
-	}{plain: (*plain)(e)}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return trimEmbedded(err, "plain", "IndividualEnrollment")
+	if err := json.Unmarshal(b, (*plain)(e)); err != nil {
+		return nameStruct(err, "IndividualEnrollment")
 	}
-	if w.ProvisioningStatus != nil {
-		ps, err := decodeProvisioningStatus(w.ProvisioningStatus, "IndividualEnrollment")
-		if err != nil {
-			return err
-		}
-		e.ProvisioningStatus = ps
-	}
-	return nil
+	return nullProvisioningStatus(b, &e.ProvisioningStatus)
 }
 
 // UnmarshalJSON implements json.Unmarshaler (see IndividualEnrollment.UnmarshalJSON).
 func (g *EnrollmentGroup) UnmarshalJSON(b []byte) error {
 	type plain EnrollmentGroup
-	w := struct {
-		*plain
-		ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
-	}{plain: (*plain)(g)}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return trimEmbedded(err, "plain", "EnrollmentGroup")
+	if err := json.Unmarshal(b, (*plain)(g)); err != nil {
+		return nameStruct(err, "EnrollmentGroup")
 	}
-	if w.ProvisioningStatus != nil {
-		ps, err := decodeProvisioningStatus(w.ProvisioningStatus, "EnrollmentGroup")
-		if err != nil {
-			return err
-		}
-		g.ProvisioningStatus = ps
+	return nullProvisioningStatus(b, &g.ProvisioningStatus)
+}
+
+var provisioningStatusKey = []byte(`"provisioningStatus"`)
+
+// nullProvisioningStatus sets *ps to the azcore null sentinel when the JSON object b has a
+// provisioningStatus of null. Decoding b left *ps nil in that case; the object is read a
+// second time only when it names the field at all.
+func nullProvisioningStatus(b []byte, ps **ProvisioningStatus) error {
+	if *ps != nil || !bytes.Contains(b, provisioningStatusKey) {
+		return nil
+	}
+	var w struct {
+		P json.RawMessage `json:"provisioningStatus"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	if string(w.P) == "null" {
+		*ps = azcore.NullValue[*ProvisioningStatus]()
 	}
 	return nil
 }
 
-// trimEmbedded removes the Go name of an embedded helper struct from the field path of a
-// type error, so that the path holds JSON names only ("attestation.type"), and names the
-// model type as the struct.
-func trimEmbedded(err error, embedded, structName string) error {
+// nameStruct names the model type, not its method-less copy, in a type error.
+func nameStruct(err error, name string) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		te.Field = strings.TrimPrefix(strings.TrimPrefix(te.Field, embedded), ".")
-		te.Struct = structName
+		te.Struct = name
 	}
 	return err
 }

@@ -57,7 +57,7 @@ func (em *Emulator) getEnrollment(c *call) {
 }
 
 func (em *Emulator) putEnrollment(c *call) {
-	var in dps.IndividualEnrollment
+	var in enrollmentIn
 	if e := decodeJSON(c.body, &in); e != nil {
 		em.fail(c, e)
 		return
@@ -117,8 +117,8 @@ func (em *Emulator) enrollmentAttestation(c *call) {
 
 // bulkEnrollmentsIn is the body of POST /enrollments.
 type bulkEnrollmentsIn struct {
-	Enrollments []dps.IndividualEnrollment `json:"enrollments"`
-	Mode        string                     `json:"mode"`
+	Enrollments []enrollmentIn `json:"enrollments"`
+	Mode        string         `json:"mode"`
 }
 
 // checkBulk applies the whole-request rules of bulk calls: a known mode, 1–10 items, no id
@@ -239,7 +239,7 @@ func (em *Emulator) getGroup(c *call) {
 }
 
 func (em *Emulator) putGroup(c *call) {
-	var in dps.EnrollmentGroup
+	var in groupIn
 	if e := decodeJSON(c.body, &in); e != nil {
 		em.fail(c, e)
 		return
@@ -298,8 +298,8 @@ func (em *Emulator) groupAttestation(c *call) {
 
 // bulkGroupsIn is the body of POST /enrollmentGroups.
 type bulkGroupsIn struct {
-	EnrollmentGroups []dps.EnrollmentGroup `json:"enrollmentGroups"`
-	Mode             string                `json:"mode"`
+	EnrollmentGroups []groupIn `json:"enrollmentGroups"`
+	Mode             string    `json:"mode"`
 }
 
 func (em *Emulator) bulkGroups(c *call) {

@@ -21,6 +21,70 @@ import (
 	"github.com/dpsync/dpsync/internal/dps"
 )
 
+// enrollmentIn is an individual enrollment as a request carries it. The dps model's own
+// decoder (which maps a null provisioningStatus to azcore's null sentinel) reads each item
+// a second time; the emulator decodes bulk bodies on its hot path, so it decodes a
+// method-less copy of the model in one pass and reads provisioningStatus raw.
+type enrollmentIn struct {
+	enrollmentFields
+	ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
+}
+
+type enrollmentFields dps.IndividualEnrollment
+
+// model returns the enrollment, provisioningStatus null as the azcore null sentinel.
+func (in *enrollmentIn) model() (dps.IndividualEnrollment, *apiError) {
+	e := dps.IndividualEnrollment(in.enrollmentFields)
+	ps, e2 := rawProvisioningStatus(in.ProvisioningStatus)
+	e.ProvisioningStatus = ps
+	return e, e2
+}
+
+// groupIn is an enrollment group as a request carries it (see enrollmentIn).
+type groupIn struct {
+	groupFields
+	ProvisioningStatus json.RawMessage `json:"provisioningStatus"`
+}
+
+type groupFields dps.EnrollmentGroup
+
+func (in *groupIn) model() (dps.EnrollmentGroup, *apiError) {
+	g := dps.EnrollmentGroup(in.groupFields)
+	ps, e := rawProvisioningStatus(in.ProvisioningStatus)
+	g.ProvisioningStatus = ps
+	return g, e
+}
+
+// rawProvisioningStatus reads a raw provisioningStatus: absent → nil, null → the azcore
+// null sentinel, else a string.
+func rawProvisioningStatus(raw json.RawMessage) (*dps.ProvisioningStatus, *apiError) {
+	switch {
+	case len(raw) == 0:
+		return nil, nil
+	case string(raw) == "null":
+		return azcore.NullValue[*dps.ProvisioningStatus](), nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		got := "number"
+		switch raw[0] {
+		case '{':
+			got = "object"
+		case '[':
+			got = "array"
+		case 't', 'f':
+			got = "bool"
+		}
+		return nil, newErr(CodeBadRequest, "provisioningStatus: expected string, got "+got)
+	}
+	ps := dps.ProvisioningStatus(s)
+	return &ps, nil
+}
+
+// embeddedNames are the Go names of the embedded method-less models, which encoding/json
+// puts in the field path of a type error.
+var embeddedNames = strings.NewReplacer("enrollmentFields.", "", "groupFields.", "")
+
 // decodeJSON decodes body into v, turning decoder errors into 400s that name the field.
 func decodeJSON(body []byte, v any) *apiError {
 	if len(body) == 0 {
@@ -34,8 +98,8 @@ func decodeJSON(body []byte, v any) *apiError {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		// The path holds JSON names (the dps models' decoders keep it so).
-		field := te.Field
+		// The path holds JSON names, apart from the embedded models' Go names.
+		field := embeddedNames.Replace(te.Field)
 		if field == "" {
 			field = "body"
 		}
@@ -114,8 +178,11 @@ func checkAllocation(p *dps.AllocationPolicy, custom *dps.CustomAllocationDefini
 // prepareEnrollment checks an incoming enrollment and returns the record to store (server
 // fields empty) and the etag the client sent in the body. pathID is the id of the URL, or
 // "" in bulk calls.
-func prepareEnrollment(in *dps.IndividualEnrollment, pathID string) (*record[dps.IndividualEnrollment], *apiError) {
-	e := *in
+func prepareEnrollment(in *enrollmentIn, pathID string) (*record[dps.IndividualEnrollment], *apiError) {
+	e, aerr := in.model()
+	if aerr != nil {
+		return nil, aerr
+	}
 	if pathID != "" {
 		if e.RegistrationID == "" {
 			e.RegistrationID = pathID
@@ -129,7 +196,7 @@ func prepareEnrollment(in *dps.IndividualEnrollment, pathID string) (*record[dps
 	if len(e.DeviceID) > 128 {
 		return nil, newErr(CodeBadRequest, "deviceId: longer than 128 characters")
 	}
-	ps, null, aerr := checkProvisioningStatus(in.ProvisioningStatus)
+	ps, null, aerr := checkProvisioningStatus(e.ProvisioningStatus)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -147,8 +214,11 @@ func prepareEnrollment(in *dps.IndividualEnrollment, pathID string) (*record[dps
 }
 
 // prepareGroup is prepareEnrollment for groups.
-func prepareGroup(in *dps.EnrollmentGroup, pathID string) (*record[dps.EnrollmentGroup], *apiError) {
-	g := *in
+func prepareGroup(in *groupIn, pathID string) (*record[dps.EnrollmentGroup], *apiError) {
+	g, aerr := in.model()
+	if aerr != nil {
+		return nil, aerr
+	}
 	if pathID != "" {
 		if g.EnrollmentGroupID == "" {
 			g.EnrollmentGroupID = pathID
@@ -159,7 +229,7 @@ func prepareGroup(in *dps.EnrollmentGroup, pathID string) (*record[dps.Enrollmen
 	if !validID(g.EnrollmentGroupID) {
 		return nil, invalidID("enrollmentGroupId", g.EnrollmentGroupID)
 	}
-	ps, null, aerr := checkProvisioningStatus(in.ProvisioningStatus)
+	ps, null, aerr := checkProvisioningStatus(g.ProvisioningStatus)
 	if aerr != nil {
 		return nil, aerr
 	}
