@@ -21,6 +21,12 @@ func Run(ctx context.Context, o Options) error {
 	if err := o.setDefaults(); err != nil {
 		return err
 	}
+	if pe := o.Read.PullExpiry; pe != 0 && 2*pe > o.LeaseTTL-leaseSafetyMargin(&o) {
+		// A paused owner's open pull request must end well before its lease can pass to
+		// another worker (see partitionManager.start).
+		return fmt.Errorf("pull expiry %v: must be at most half the usable lease (lease TTL %v − safety margin %v)",
+			pe, o.LeaseTTL, leaseSafetyMargin(&o))
+	}
 	log := o.Logger.With("component", "app", "worker", o.WorkerID)
 	var td teardown
 	defer td.run(log, o.ShutdownTimeout)

@@ -12,12 +12,14 @@ import (
 
 // deadLetters gives the engine the dead-letter stream: publish, and the hold index.
 type deadLetters struct {
-	pub   *dlq.Publisher
-	index *dlq.HoldIndex
+	pub    *dlq.Publisher
+	index  *dlq.HoldIndex
+	stream jetstream.Stream
 }
 
 func newDeadLetters(ctx context.Context, js jetstream.JetStream, o *Options) (*deadLetters, error) {
-	if _, err := dlq.EnsureStream(ctx, js, dlq.StreamConfig{Name: o.DLQStream, Replicas: o.Stream.WithDefaults().Replicas}); err != nil {
+	stream, err := dlq.EnsureStream(ctx, js, dlq.StreamConfig{Name: o.DLQStream, Replicas: o.Stream.WithDefaults().Replicas})
+	if err != nil {
 		return nil, err
 	}
 	index, err := dlq.LoadHoldIndex(ctx, js, o.DLQStream)
@@ -33,7 +35,7 @@ func newDeadLetters(ctx context.Context, js jetstream.JetStream, o *Options) (*d
 	if err != nil {
 		return nil, err
 	}
-	return &deadLetters{pub: pub, index: index}, nil
+	return &deadLetters{pub: pub, index: index, stream: stream}, nil
 }
 
 // Publish implements consumer.DeadLetters.
@@ -69,4 +71,14 @@ func (d *deadLetters) Held(ctx context.Context, key string, position uint64) (st
 		return "", false, err
 	}
 	return h.HeldReason(), true, nil
+}
+
+// Settled implements consumer.DeadLetters: the replay of the letter at seq is settled, so
+// the letter goes (and with it the hold it put on its key).
+func (d *deadLetters) Settled(ctx context.Context, key string, seq uint64) error {
+	if err := dlq.RemoveLetter(ctx, d.stream, seq); err != nil {
+		return fmt.Errorf("remove replayed dead letter %d: %w", seq, err)
+	}
+	d.index.Remove(key, seq)
+	return nil
 }

@@ -174,24 +174,39 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	}) {
 		return
 	}
+	// The previous owner's pull requests may still be open at the server (it is paused or
+	// cut off, not dead): no request outlives PullExpiry, and it sends none once its lease
+	// is gone. What the server handed it comes back when unacknowledged for AckWait. So:
+	// pull nothing until its requests are over, then until nothing of the partition is
+	// unacknowledged or AckWait has passed — the server then redelivers those events first,
+	// ahead of newer ones of their keys.
 	ackWait := pm.o.Consumer.AckWait
 	if ackWait == 0 {
 		ackWait = 15 * time.Second
 	}
-	deadline := time.Now().Add(ackWait + time.Second)
+	pullExpiry := pm.o.Read.PullExpiry
+	if pullExpiry == 0 {
+		pullExpiry = consumer.DefaultPullExpiry
+	}
+	acquired := time.Now()
+	requestsOver := acquired.Add(pullExpiry)
+	deadline := requestsOver.Add(ackWait + time.Second)
 	for {
 		if !pm.owned(p, epoch) {
 			pm.forget(p, epoch)
 			return
 		}
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil && info.NumAckPending == 0 {
+		now := time.Now()
+		if now.After(deadline) {
 			break
 		}
-		if time.Now().After(deadline) {
-			break
+		if now.After(requestsOver) {
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := cons.Info(ictx)
+			cancel()
+			if err == nil && info.NumAckPending == 0 {
+				break
+			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

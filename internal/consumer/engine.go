@@ -96,6 +96,10 @@ type DeadLetters interface {
 	// Held reports whether a letter of key with a position lower than position exists, and
 	// names it in reason.
 	Held(ctx context.Context, key string, position uint64) (reason string, held bool, err error)
+	// Settled removes the letter at letterSeq (of key), whose replayed event the engine has
+	// settled (applied, or dead-lettered again under a new letter). Removing a letter that is
+	// gone already is not an error.
+	Settled(ctx context.Context, key string, letterSeq uint64) error
 }
 
 // Applier applies a batch of items of one kind and operation.
@@ -239,6 +243,9 @@ type msgState struct {
 	// acked is set (by the goroutine that acknowledged it, before it hands the event back to
 	// the loop) once the server confirmed the ack.
 	acked bool
+	// replayOf is the dead-letter sequence this event is a replay of (HeaderReplayOf), 0 if
+	// none.
+	replayOf uint64
 }
 
 // retryState is an entry waiting for its next attempt. Its key stays blocked in the batcher.
@@ -315,7 +322,10 @@ type Engine struct {
 
 	partsMu sync.Mutex
 	parts   map[int]*partitionReader
-	wg      sync.WaitGroup // readers and batch goroutines
+	// readCtx bounds the readers' pull requests; cancelled when Run returns.
+	readCtx    context.Context
+	cancelRead context.CancelFunc
+	wg         sync.WaitGroup // readers and batch goroutines
 }
 
 // NewEngine validates opts and returns an Engine.
@@ -327,24 +337,27 @@ func NewEngine(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
+	readCtx, cancelRead := context.WithCancel(context.Background())
 	return &Engine{
-		opts:      opts,
-		b:         b,
-		in:        make(chan inbound, 256),
-		done:      make(chan batchDone, 64),
-		keyDone:   make(chan followDone, 64),
-		lone:      make(chan []*msgState, 64),
-		ctl:       make(chan func(), 16),
-		quit:      make(chan struct{}),
-		stopReq:   make(chan struct{}),
-		stopped:   make(chan struct{}),
-		held:      make(map[*msgState]struct{}),
-		bySeq:     make(map[uint64]*msgState),
-		retries:   make(map[string]*retryState),
-		perPart:   make(map[int]int),
-		unchecked: make(map[string][]*msgState),
-		settled:   newSettledSet(opts.StaleWindow),
-		parts:     make(map[int]*partitionReader),
+		readCtx:    readCtx,
+		cancelRead: cancelRead,
+		opts:       opts,
+		b:          b,
+		in:         make(chan inbound, 256),
+		done:       make(chan batchDone, 64),
+		keyDone:    make(chan followDone, 64),
+		lone:       make(chan []*msgState, 64),
+		ctl:        make(chan func(), 16),
+		quit:       make(chan struct{}),
+		stopReq:    make(chan struct{}),
+		stopped:    make(chan struct{}),
+		held:       make(map[*msgState]struct{}),
+		bySeq:      make(map[uint64]*msgState),
+		retries:    make(map[string]*retryState),
+		perPart:    make(map[int]int),
+		unchecked:  make(map[string][]*msgState),
+		settled:    newSettledSet(opts.StaleWindow),
+		parts:      make(map[int]*partitionReader),
 	}, nil
 }
 
@@ -364,7 +377,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer func() {
 		cancelCalls()
 		close(e.quit)
-		e.stopAllReaders(false)
+		e.stopAllReaders()
+		e.cancelRead()
 		e.wg.Wait()
 	}()
 	timer := time.NewTimer(time.Hour)
@@ -406,7 +420,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			stopReq = nil
 			e.stopping = true
 			e.opts.Logger.Info("stopping: no more pulls, finishing in-flight work")
-			e.stopAllReaders(true)
+			e.stopAllReaders()
 			e.abandonRetries()
 		case m := <-in:
 			e.accept(callCtx, m)
@@ -475,7 +489,10 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	}
 	st.seq = meta.Sequence.Stream
 	if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
-		return // pulled before the partition was lost: the new owner gets it again
+		// Pulled under an ownership that is over: give it back at once, so the server
+		// redelivers it ahead of the partition's newer events.
+		_ = in.msg.Nak()
+		return
 	}
 	if held, dup := e.bySeq[st.seq]; dup {
 		_ = in.msg.InProgress()
@@ -502,6 +519,11 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	if p := in.msg.Headers().Get(HeaderPosition); p != "" {
 		if v, err := strconv.ParseUint(p, 10, 64); err == nil && v > 0 {
 			st.position = v
+		}
+	}
+	if r := in.msg.Headers().Get(HeaderReplayOf); r != "" {
+		if v, err := strconv.ParseUint(r, 10, 64); err == nil {
+			st.replayOf = v
 		}
 	}
 	st.origin, _, err = e.opts.Stream.OriginSubject(in.msg.Subject())
@@ -613,9 +635,9 @@ func (e *Engine) recheckHolds(ctx context.Context, now time.Time) {
 				continue
 			}
 			if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
-				e.untrack(st) // the partition's new owner gets it again
-				q = q[1:]
-				continue
+				e.giveBack(q) // the partition's new owner gets them, in order
+				q = nil
+				break
 			}
 			if e.b.Pending() >= e.b.Config().MaxPending || !e.checkHold(ctx, st, now) {
 				break
@@ -866,6 +888,7 @@ func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class stri
 // no longer be redelivered (a replicated consumer confirms an ack once a quorum stored it;
 // a plain ack followed by a flush can be lost with the consumer leader).
 func (e *Engine) ackAll(ctx context.Context, sts []*msgState) {
+	sts = e.removeReplayedLetters(ctx, sts)
 	switch len(sts) {
 	case 0:
 		return
@@ -885,6 +908,40 @@ func (e *Engine) ackAll(ctx context.Context, sts []*msgState) {
 		}()
 	}
 	wg.Wait()
+}
+
+// removeReplayedLetters removes the dead letters that settled events are replays of, before
+// the events are acknowledged: while a letter exists, newer events of its key are held
+// behind it, so a replay (internal/dlq) waits for this removal before it replays the key's
+// next letter. A removal is retried until it succeeds or ctx ends; the events whose letter
+// could not be removed are left out of the result (not acknowledged: they come back).
+func (e *Engine) removeReplayedLetters(ctx context.Context, sts []*msgState) []*msgState {
+	out := sts[:0:0]
+	for _, st := range sts {
+		if st.replayOf != 0 && !e.removeLetter(ctx, st) {
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func (e *Engine) removeLetter(ctx context.Context, st *msgState) bool {
+	delay := 100 * time.Millisecond
+	for {
+		err := e.opts.DeadLetters.Settled(ctx, st.dec.Key, st.replayOf)
+		if err == nil {
+			return true
+		}
+		e.opts.Logger.Warn("removing the replayed dead letter failed; retrying before the event is acknowledged",
+			"key", st.dec.Key, "letter", st.replayOf, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
 }
 
 // ack acknowledges st and waits for the server's confirmation, retrying until it comes or
@@ -994,9 +1051,15 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 		}
 		switch {
 		case r.fenced:
-			for _, st := range statesOf(r.entry) {
-				e.untrack(st)
+			// The partition is lost: this entry and the key's later events go back to the
+			// server for its next owner, oldest first.
+			sts := statesOf(r.entry)
+			for _, en := range e.b.TakeKey(key) {
+				sts = append(sts, statesOf(en)...)
 			}
+			sts = append(sts, e.unchecked[key]...)
+			delete(e.unchecked, key)
+			e.giveBack(sts)
 			delete(e.retries, key)
 			if d.isRetry {
 				e.b.Release(key)
@@ -1117,12 +1180,23 @@ func (e *Engine) dropPartition(p int) {
 	if len(dropped) == 0 {
 		return
 	}
-	slices.SortFunc(dropped, func(a, b *msgState) int { return cmp.Compare(a.seq, b.seq) })
-	for _, st := range dropped {
+	e.giveBack(dropped)
+	e.opts.Logger.Info("partition lost: gave its held events back for redelivery", "partition", p, "events", len(dropped))
+}
+
+// giveBack forgets sts, events of a partition this worker lost, and naks them in stream
+// order: the server queues them for redelivery at once, ahead of the partition's newer
+// events, so the next owner gets them first and in order (left to AckWait, they would come
+// back after newer events of their keys).
+func (e *Engine) giveBack(sts []*msgState) {
+	slices.SortFunc(sts, func(a, b *msgState) int { return cmp.Compare(a.seq, b.seq) })
+	for _, st := range sts {
+		if _, ok := e.held[st]; !ok {
+			continue
+		}
 		e.untrack(st)
 		_ = st.msg.Nak()
 	}
-	e.opts.Logger.Info("partition lost: gave its held events back for redelivery", "partition", p, "events", len(dropped))
 }
 
 // abandonRetries forgets events waiting for a retry at shutdown: they stay unacknowledged
@@ -1228,6 +1302,10 @@ func FenceFrom(ctx context.Context) func() bool {
 
 // HeaderPosition is the event header carrying a replayed event's original order position.
 const HeaderPosition = "Dpsync-Position"
+
+// HeaderReplayOf is the event header naming the dead-letter sequence a replayed or redriven
+// event came from (internal/dlq sets it).
+const HeaderReplayOf = "Dpsync-Replay-Of"
 
 // settledSet remembers the stream sequences of settled events for a while. It is owned by
 // the engine's loop.

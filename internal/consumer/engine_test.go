@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +114,9 @@ type fakeDLQ struct {
 	// heldFailEvery makes every n-th hold check fail (0: none).
 	heldFailEvery int
 	heldCalls     int
+	settled       []string // key#letter of replayed events settled
+	settleFailN   int      // fail the next settleFailN removals
+	onSettle      func()   // called on each successful removal, under the lock
 }
 
 func (d *fakeDLQ) Publish(_ context.Context, l Letter) error {
@@ -139,6 +143,20 @@ func (d *fakeDLQ) Held(_ context.Context, key string, pos uint64) (string, bool,
 		}
 	}
 	return "", false, nil
+}
+
+func (d *fakeDLQ) Settled(_ context.Context, key string, seq uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.settleFailN > 0 {
+		d.settleFailN--
+		return errors.New("dead-letter stream unavailable")
+	}
+	if d.onSettle != nil {
+		d.onSettle()
+	}
+	d.settled = append(d.settled, fmt.Sprintf("%s#%d", key, seq))
+	return nil
 }
 
 func (d *fakeDLQ) snapshot() []Letter {
@@ -724,5 +742,51 @@ func TestEngineRejectsEventOnAnotherKeysSubject(t *testing.T) {
 	defer fa.mu.Unlock()
 	if len(fa.log["a"]) != 0 || len(fa.log["c"]) != 1 {
 		t.Fatalf("applied: a %v, c %v; want none of a, c once", fa.log["a"], fa.log["c"])
+	}
+}
+
+// TestEngineRemovesReplayedLetters: a replayed event names its letter (Dpsync-Replay-Of).
+// Once the event is settled — applied, or dead-lettered again under a new letter — the engine
+// removes the old letter, and only then acknowledges the event: the letter holds the key's
+// newer events until its replay is done.
+func TestEngineRemovesReplayedLetters(t *testing.T) {
+	fa := newFakeApplier(func(it applier.Item, _ int) applier.Outcome {
+		if it.ID() == "bad" {
+			return applier.Outcome{Class: applier.Permanent, Code: 400004, Status: 400, Reason: "still wrong"}
+		}
+		return applier.Outcome{Class: applier.Applied}
+	})
+	dl := &fakeDLQ{settleFailN: 3} // the first removals fail: the engine retries, no ack before
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl})
+	var ackedFirst []string
+	dl.onSettle = func() {
+		if _, unacked := r.backlog(); unacked == 0 {
+			ackedFirst = append(ackedFirst, "a replayed event was acknowledged before its letter was removed")
+		}
+	}
+	replay := func(ev testEvent, letter string) {
+		b, _ := json.Marshal(ev)
+		m := &nats.Msg{Subject: "dpsync.events.enrollment." + ev.Key, Data: b, Header: nats.Header{}}
+		m.Header.Set(HeaderReplayOf, letter)
+		if _, err := r.js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replay(testEvent{ID: "1", Key: "good", Op: "create", V: 1}, "41")
+	replay(testEvent{ID: "2", Key: "bad", Op: "create", V: 2}, "42")
+	r.publish(testEvent{ID: "3", Key: "other", Op: "create", V: 3}) // not a replay
+	r.waitAcked(20 * time.Second)
+	dl.mu.Lock()
+	got := append([]string(nil), dl.settled...)
+	if len(ackedFirst) > 0 {
+		t.Error(ackedFirst[0])
+	}
+	dl.mu.Unlock()
+	slices.Sort(got)
+	if want := []string{"enrollment/bad#42", "enrollment/good#41"}; !slices.Equal(got, want) {
+		t.Fatalf("letters removed: got %v, want %v", got, want)
+	}
+	if letters := dl.snapshot(); len(letters) != 1 || letters[0].EventID != "2" {
+		t.Fatalf("new letters: got %+v, want one, for event 2", letters)
 	}
 }

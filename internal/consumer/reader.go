@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dpsync/dpsync/internal/event"
@@ -16,12 +17,11 @@ import (
 type partitionReader struct {
 	p         int
 	epoch     uint64
-	cons      jetstream.Consumer
+	cons      jetstream.Consumer // owned by the read goroutine
 	ro        ReadOptions
-	it        jetstream.MessagesContext // guarded by Engine.partsMu
-	done      chan struct{}             // closed when the pull goroutine has returned
-	detached  bool
-	closing   bool // the engine is stopping: no new pull
+	done      chan struct{} // closed when the pull goroutine has returned
+	detached  bool          // guarded by Engine.partsMu, like closing and onDrained
+	closing   bool          // the engine is stopping: no new pull
 	onDrained func()
 }
 
@@ -29,14 +29,19 @@ type partitionReader struct {
 type ReadOptions struct {
 	// PullBatch is how many messages one pull request asks for (default 500).
 	PullBatch int
-	// Heartbeat of pull requests: a hung server is noticed within about twice this
-	// (default 5 s).
-	Heartbeat time.Duration
+	// PullExpiry is how long one pull request stays open at the server (default 2 s,
+	// at least 100 ms). It bounds how long a worker that lost a partition — paused, cut off —
+	// can still be handed events by the server: a new owner waits for it (see the
+	// partition manager in internal/app) before it pulls. Keep it well under the lease TTL.
+	PullExpiry time.Duration
 	// Reopen, if set, returns the partition's consumer again (creating it if it is gone)
-	// when the server ended the pull while the partition was still attached (consumer
-	// deleted, bad request). Nil: the reader pulls the same consumer handle again.
+	// when a pull fails because the consumer is gone. Nil: the reader pulls the same
+	// consumer handle again.
 	Reopen func(ctx context.Context) (jetstream.Consumer, error)
 }
+
+// DefaultPullExpiry is the default ReadOptions.PullExpiry.
+const DefaultPullExpiry = 2 * time.Second
 
 // ErrPartitionDraining is returned by Attach while the engine still holds events of the
 // partition from its previous attachment (a DPS call in flight): a new reader then would get
@@ -45,13 +50,17 @@ type ReadOptions struct {
 var ErrPartitionDraining = errors.New("events of the previous attachment are still held")
 
 // Attach starts reading partition p from cons under ownership epoch. Events read carry the
-// epoch; the engine checks it with Fence before each DPS call.
+// epoch; the engine checks it with Fence before each DPS call, and the reader checks it
+// before each pull request: a worker that lost p sends the server no new request for it.
 func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOptions) error {
 	if ro.PullBatch <= 0 {
 		ro.PullBatch = 500
 	}
-	if ro.Heartbeat <= 0 {
-		ro.Heartbeat = 5 * time.Second
+	if ro.PullExpiry == 0 {
+		ro.PullExpiry = DefaultPullExpiry
+	}
+	if ro.PullExpiry < 100*time.Millisecond {
+		return fmt.Errorf("partition %d: pull expiry %v is under 100ms", p, ro.PullExpiry)
 	}
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
@@ -61,11 +70,7 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 		}
 		return fmt.Errorf("partition %d: %w", p, ErrPartitionDraining)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(ro.PullBatch), jetstream.PullHeartbeat(ro.Heartbeat))
-	if err != nil {
-		return fmt.Errorf("pull partition %d: %w", p, err)
-	}
-	r := &partitionReader{p: p, epoch: epoch, cons: cons, ro: ro, it: it, done: make(chan struct{})}
+	r := &partitionReader{p: p, epoch: epoch, cons: cons, ro: ro, done: make(chan struct{})}
 	e.parts[p] = r
 	e.wg.Add(1)
 	go e.read(r)
@@ -73,90 +78,68 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 	return nil
 }
 
+// read pulls r's partition, one request at a time, until r is detached, the engine stops,
+// or the partition is no longer this worker's. A request, once sent, runs to its end (all
+// its messages or its expiry) and its messages are handed on: the server counts them as
+// delivered to this worker, so they must reach the engine (which settles them, or gives
+// them back with a nak when the partition is lost) rather than be left to expire.
 func (e *Engine) read(r *partitionReader) {
 	defer e.wg.Done()
 	defer close(r.done)
-	e.partsMu.Lock()
-	it := r.it
-	e.partsMu.Unlock()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				if it = e.reopen(r, err); it == nil {
-					return
-				}
-				continue
-			}
-			// Heartbeats missed, server gone for a moment: the iterator keeps trying.
-			e.opts.Logger.Warn("pull", "partition", r.p, "err", err)
-			select {
-			case <-e.quit:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		in := inbound{msg: m, partition: r.p, epoch: r.epoch}
-		in.meta, in.metaErr = m.Metadata()
-		in.dec, in.decErr = e.opts.Decode(m.Data())
-		select {
-		case e.in <- in:
-		case <-e.quit:
-			return
-		}
-	}
-}
-
-// reopen starts a new pull when the server ended the current one while r is still attached,
-// retrying with backoff; it returns nil when r was detached or the engine stopped.
-func (e *Engine) reopen(r *partitionReader, cause error) jetstream.MessagesContext {
 	delay := 100 * time.Millisecond
 	for {
 		e.partsMu.Lock()
-		done := r.detached || r.closing
+		stop := r.detached || r.closing
 		e.partsMu.Unlock()
-		if done {
-			return nil
+		if stop || e.readCtx.Err() != nil {
+			return
 		}
+		if e.opts.Fence != nil && !e.opts.Fence(r.p, r.epoch) {
+			return // lost: not one more request (Detach follows)
+		}
+		ctx, cancel := context.WithTimeout(e.readCtx, r.ro.PullExpiry)
+		batch, err := r.cons.Fetch(r.ro.PullBatch, jetstream.FetchContext(ctx))
+		if err == nil {
+			for m := range batch.Messages() {
+				in := inbound{msg: m, partition: r.p, epoch: r.epoch}
+				in.meta, in.metaErr = m.Metadata()
+				in.dec, in.decErr = e.opts.Decode(m.Data())
+				select {
+				case e.in <- in:
+				case <-e.quit:
+					cancel()
+					return
+				}
+			}
+			err = batch.Error()
+		}
+		cancel()
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			delay = 100 * time.Millisecond
+			continue
+		}
+		if e.readCtx.Err() != nil {
+			return
+		}
+		// The server or the connection failed the request (consumer gone, leader election,
+		// reconnecting): pull again after a pause, through Reopen when the consumer is gone.
+		e.opts.Logger.Warn("pull failed; pulling again", "partition", r.p, "err", err)
 		select {
 		case <-e.quit:
-			return nil
-		default:
-		}
-		e.opts.Logger.Warn("pull ended by the server; pulling again", "partition", r.p, "err", cause)
-		select {
-		case <-e.quit:
-			return nil
+			return
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Second)
-		cons := r.cons
-		if r.ro.Reopen != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			c, err := r.ro.Reopen(ctx)
-			cancel()
-			if err != nil {
-				cause = err
-				continue
+		if r.ro.Reopen != nil && (errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound)) {
+			rctx, rcancel := context.WithTimeout(e.readCtx, 10*time.Second)
+			if c, rerr := r.ro.Reopen(rctx); rerr == nil {
+				r.cons = c
+				e.opts.Logger.Info("partition consumer recreated", "partition", r.p)
+			} else {
+				e.opts.Logger.Warn("recreate partition consumer", "partition", r.p, "err", rerr)
 			}
-			cons = c
+			rcancel()
 		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(r.ro.PullBatch), jetstream.PullHeartbeat(r.ro.Heartbeat))
-		if err != nil {
-			cause = err
-			continue
-		}
-		e.partsMu.Lock()
-		if r.detached || r.closing {
-			e.partsMu.Unlock()
-			it.Stop()
-			return nil
-		}
-		r.cons, r.it = cons, it
-		e.partsMu.Unlock()
-		e.opts.Logger.Info("pulling again", "partition", r.p)
-		return it
 	}
 }
 
@@ -175,15 +158,9 @@ func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
 		}
 		return
 	}
-	r.detached = true
+	r.detached = true // the reader sends no new request; the one open runs out (≤ PullExpiry)
 	r.onDrained = onDrained
-	it := r.it
 	e.partsMu.Unlock()
-	if graceful {
-		it.Drain()
-	} else {
-		it.Stop()
-	}
 	go func() {
 		<-r.done
 		check := func() { e.partitionIdleCheck(p) }
@@ -241,16 +218,13 @@ func (e *Engine) Partitions() map[int]uint64 {
 	return out
 }
 
-func (e *Engine) stopAllReaders(graceful bool) {
+// stopAllReaders makes every reader stop after its current request (graceful), or at once
+// (the read context is cancelled by Run's return).
+func (e *Engine) stopAllReaders() {
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
 	for _, r := range e.parts {
-		r.closing = true // the reader must not pull again
-		if graceful {
-			r.it.Drain()
-		} else {
-			r.it.Stop()
-		}
+		r.closing = true
 	}
 }
 
