@@ -162,9 +162,9 @@ type DPS interface {
 
 // Options configure an Applier.
 type Options struct {
-	// ETagCacheSize bounds the number of learned etags kept (default 100,000; 0 disables
-	// learning).
-	ETagCacheSize int
+	// KnownIDs bounds the number of ids whose state (exists, absent, current etag) the
+	// applier remembers from its own calls (default 100,000).
+	KnownIDs int
 	// BeforeCall is called before every DPS operation (pacing, fencing). An error stops the
 	// batch: its remaining items get a transient outcome with that error.
 	BeforeCall func(ctx context.Context, op string) error
@@ -177,7 +177,8 @@ type Options struct {
 type Applier struct {
 	dps   DPS
 	opts  Options
-	etags *etagCache
+	known *knownCache
+	stats *unknownStats
 }
 
 // New returns an Applier calling client.
@@ -185,13 +186,13 @@ func New(client DPS, opts Options) (*Applier, error) {
 	if client == nil {
 		return nil, errors.New("applier: nil DPS client")
 	}
-	if opts.ETagCacheSize < 0 {
-		return nil, fmt.Errorf("applier: ETagCacheSize %d is negative", opts.ETagCacheSize)
+	if opts.KnownIDs < 0 {
+		return nil, fmt.Errorf("applier: KnownIDs %d is negative", opts.KnownIDs)
 	}
-	if opts.ETagCacheSize == 0 {
-		opts.ETagCacheSize = 100_000
+	if opts.KnownIDs == 0 {
+		opts.KnownIDs = 100_000
 	}
-	return &Applier{dps: client, opts: opts, etags: newETagCache(opts.ETagCacheSize)}, nil
+	return &Applier{dps: client, opts: opts, known: newKnownCache(opts.KnownIDs), stats: newUnknownStats()}, nil
 }
 
 // Apply applies items, which share kind and operation and have distinct ids, and returns one
@@ -218,57 +219,114 @@ func idx(n int) []int {
 	return s
 }
 
-// applyUpdates sends items with a learned etag as one bulk update and the others as PUT
-// If-Match: *.
+// applyUpdates applies update items (no etag condition: an update replaces whatever exists,
+// or creates) with as few DPS operations as it can, steered by what the applier knows of
+// each id from its own earlier calls (knowledge only decides which call is tried first;
+// every guess has a fallback, so stale knowledge costs an operation, never correctness):
+//
+//   - etag known: the item rides in one bulk update with that etag;
+//   - known to exist, etag unknown: PUT If-Match: * (DPS answers 409201 to a bulk update of
+//     an existing enrollment without etag, DPS.md);
+//   - known absent: the item rides in the bulk update without etag, which creates it;
+//   - unknown: like "absent" or like "exists", whichever the ids of recent unknown updates
+//     mostly turned out to be (an ERP updating devices it created long ago: exists; a
+//     factory line whose first event of a device is an update: absent).
+//
+// A bulk item that fails because of the id's state (409201/409202: it exists; 412: stale
+// etag; 404: absent and DPS did not create it — that bulk update creates an absent id is
+// unconfirmed in DPS.md, so either answer is survived) falls back to the upsert.
 func (a *Applier) applyUpdates(ctx context.Context, items []Item, out []Outcome) {
-	var bulk []int
-	var put []int
+	var bulk, put []int
+	unknown := make([]bool, len(items))
+	absent := make([]bool, len(items))
+	putFirst := a.stats.unknownUsuallyExist()
 	for i, it := range items {
-		if etag, ok := a.etags.get(cacheKey(it)); ok {
-			items[i] = it.withETag(etag)
+		st := a.known.get(cacheKey(it))
+		switch {
+		case st.etag != "":
+			items[i] = it.withETag(st.etag)
 			bulk = append(bulk, i)
-			continue
+		case st.exists > 0:
+			put = append(put, i)
+		case st.exists < 0:
+			items[i] = it.withETag("")
+			bulk = append(bulk, i)
+		case putFirst:
+			unknown[i] = true
+			put = append(put, i)
+		default:
+			unknown[i] = true
+			items[i] = it.withETag("")
+			bulk = append(bulk, i)
 		}
-		put = append(put, i)
 	}
 	if len(bulk) > 0 {
 		a.applyBulk(ctx, items[0].Kind, dps.BulkModeUpdate, items, bulk, out)
 		for _, i := range bulk {
-			// A stale guess: fall back to the unconditional PUT.
-			if out[i].Class == Permanent && (out[i].Code == codeEnrollmentExists ||
-				out[i].Code == codeGroupExists || out[i].Status == http.StatusPreconditionFailed) {
-				a.etags.forget(cacheKey(items[i]))
-				items[i] = items[i].withETag("")
+			o := out[i]
+			switch {
+			case o.Class == Applied:
+				if unknown[i] {
+					a.stats.observe(false) // created: it was absent
+				}
+			case o.Class == Permanent && (o.Code == codeEnrollmentExists || o.Code == codeGroupExists):
+				if unknown[i] {
+					a.stats.observe(true)
+				}
+				a.known.set(cacheKey(items[i]), idState{exists: 1})
+				put = append(put, i)
+			case o.Class == Permanent && o.Status == http.StatusPreconditionFailed:
+				a.known.set(cacheKey(items[i]), idState{exists: 1}) // stale etag
+				put = append(put, i)
+			case o.Class == Permanent && o.Status == http.StatusNotFound:
+				if unknown[i] {
+					a.stats.observe(false)
+				}
+				absent[i] = true
 				put = append(put, i)
 			}
 		}
 	}
 	for _, i := range put {
-		out[i] = a.upsert(ctx, items[i])
+		out[i] = a.upsert(ctx, items[i], absent[i], unknown[i] && putFirst)
 	}
 }
 
-// upsert makes DPS hold it whatever exists: PUT If-Match: *, or a plain PUT when absent.
-func (a *Applier) upsert(ctx context.Context, it Item) Outcome {
+// upsert makes DPS hold it whatever exists: PUT If-Match: *, or a plain PUT when absent
+// (in the other order when the id is believed absent). observe reports the id's existence
+// to the statistics of unknown ids.
+func (a *Applier) upsert(ctx context.Context, it Item, absentFirst, observe bool) Outcome {
 	it = it.withETag("")
+	first, second := "*", ""
+	if absentFirst {
+		first, second = "", "*"
+	}
 	for attempt := 0; attempt < 3; attempt++ {
-		etag, err := a.put(ctx, it, "*")
+		etag, err := a.put(ctx, it, first)
 		if err == nil {
-			a.etags.put(cacheKey(it), etag)
+			if observe {
+				a.stats.observe(first == "*")
+				observe = false
+			}
+			a.known.set(cacheKey(it), idState{exists: 1, etag: etag})
 			return Outcome{Class: Applied}
 		}
-		if !isNotFound(err) {
+		if first == "*" && !isNotFound(err) || first == "" && !isConflict(err) {
 			return classify(err)
 		}
-		etag, err = a.put(ctx, it, "")
+		if observe {
+			a.stats.observe(first == "") // PUT * found nothing: absent; plain PUT conflicted: exists
+			observe = false
+		}
+		etag, err = a.put(ctx, it, second)
 		if err == nil {
-			a.etags.put(cacheKey(it), etag)
+			a.known.set(cacheKey(it), idState{exists: 1, etag: etag})
 			return Outcome{Class: Applied}
 		}
-		if !isConflict(err) {
+		if second == "*" && !isNotFound(err) || second == "" && !isConflict(err) {
 			return classify(err)
 		}
-		// Created by someone else between the two calls: replace it.
+		// Deleted or created by someone else between the two calls: again.
 	}
 	return Outcome{Class: Transient, Reason: "enrollment kept changing between PUT attempts"}
 }
@@ -339,18 +397,28 @@ func (a *Applier) applyBulk(ctx context.Context, kind Kind, mode dps.BulkMode, i
 	}
 }
 
-// afterApplied keeps the etag cache honest: a bulk result carries no etag, so whatever we
-// knew about the id is stale now.
-func (a *Applier) afterApplied(it Item) { a.etags.forget(cacheKey(it)) }
+// afterApplied records what an applied bulk item tells about its id: a bulk result carries
+// no etag, so the id exists (or, after a delete, is absent) with an etag we do not know.
+func (a *Applier) afterApplied(it Item) {
+	if it.Op == dps.BulkModeDelete {
+		a.known.set(cacheKey(it), idState{exists: -1})
+		return
+	}
+	a.known.set(cacheKey(it), idState{exists: 1})
+}
 
 func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome {
 	status := e.Code / 1000
 	o := Outcome{Class: Permanent, Code: e.Code, Status: status,
 		Reason: fmt.Sprintf("DPS rejected %s of %s %q: %d %s", it.Op, it.Kind, it.ID(), e.Code, e.Status)}
+	if status == http.StatusConflict || status == http.StatusPreconditionFailed {
+		a.known.set(cacheKey(it), idState{exists: 1}) // it exists; whatever etag we knew is stale
+	}
 	switch {
 	case status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500:
 		o.Class = Transient
 	case it.Op == dps.BulkModeDelete && status == http.StatusNotFound:
+		a.known.set(cacheKey(it), idState{exists: -1})
 		return Outcome{Class: Applied}
 	case it.Redelivered && ((it.Op == dps.BulkModeCreate && status == http.StatusConflict) ||
 		(it.Op == dps.BulkModeUpdateIfMatchETag && status == http.StatusPreconditionFailed)):
@@ -372,6 +440,7 @@ func (a *Applier) alreadyHolds(ctx context.Context, it Item) bool {
 	if err != nil {
 		return false
 	}
+	a.known.set(cacheKey(it), idState{exists: 1, etag: cur.ETag()})
 	if SameContent(it, cur) {
 		return true
 	}
@@ -433,52 +502,81 @@ func statusOf(err error) int {
 func isNotFound(err error) bool { return statusOf(err) == http.StatusNotFound }
 func isConflict(err error) bool { return statusOf(err) == http.StatusConflict }
 
-// etagCache is a bounded map of learned etags, evicting in insertion order.
-type etagCache struct {
+// idState is what the applier knows of one id from its own calls.
+type idState struct {
+	etag   string // current etag ("" unknown)
+	exists int8   // 1 exists, -1 absent, 0 unknown
+}
+
+// knownCache is a bounded map of id states, evicting in insertion order.
+type knownCache struct {
 	mu    sync.Mutex
 	max   int
-	m     map[string]string
+	m     map[string]idState
 	order []string
 }
 
-func newETagCache(max int) *etagCache { return &etagCache{max: max, m: make(map[string]string)} }
+func newKnownCache(max int) *knownCache { return &knownCache{max: max, m: make(map[string]idState)} }
 
-func (c *etagCache) get(k string) (string, bool) {
+// get returns the state of k (the zero state, unknown, when none).
+func (c *knownCache) get(k string) idState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v, ok := c.m[k]
-	return v, ok
+	return c.m[k]
 }
 
-func (c *etagCache) put(k, v string) {
-	if v == "" {
-		c.forget(k)
-		return
-	}
+func (c *knownCache) set(k string, st idState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[k]; !ok {
 		c.order = append(c.order, k)
 	}
-	c.m[k] = v
+	c.m[k] = st
 	for len(c.m) > c.max && len(c.order) > 0 {
 		old := c.order[0]
 		c.order = c.order[1:]
 		delete(c.m, old)
 	}
-	if len(c.order) > 2*c.max+16 { // compact keys forgotten meanwhile
-		keep := c.order[:0]
-		for _, k := range c.order {
-			if _, ok := c.m[k]; ok {
-				keep = append(keep, k)
-			}
-		}
-		c.order = keep
+}
+
+// unknownStats tracks, for updates of ids the applier knew nothing about, how often the id
+// turned out to exist: a decaying average over the last ~50 such ids, starting from "they
+// exist" (ERP updates of long-enrolled devices, the case DESIGN.md names).
+type unknownStats struct {
+	mu              sync.Mutex
+	existing, total float64
+}
+
+const (
+	unknownDecay = 0.98
+	// putFirstAbove is the break-even of the two orders: with a share f of unknown ids
+	// existing, PUT-first costs 1·f + 2·(1−f) = 2 − f operations per update and bulk-first
+	// 0.1 + f; they are equal at f = 0.95.
+	putFirstAbove    = 0.95
+	unknownPrior     = 20.0
+	unknownPriorRate = 0.98
+)
+
+func newUnknownStats() *unknownStats {
+	return &unknownStats{existing: unknownPrior * unknownPriorRate, total: unknownPrior}
+}
+
+func (u *unknownStats) observe(existed bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.existing *= unknownDecay
+	u.total *= unknownDecay
+	u.total++
+	if existed {
+		u.existing++
 	}
 }
 
-func (c *etagCache) forget(k string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, k)
+// unknownUsuallyExist reports whether an update of an unknown id should try PUT If-Match: *
+// first (1 operation if it exists, 2 if not) rather than the bulk update (1/10 of an
+// operation if it is absent, 1 + 1/10 if it exists).
+func (u *unknownStats) unknownUsuallyExist() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.existing/u.total > putFirstAbove
 }

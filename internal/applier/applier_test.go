@@ -23,7 +23,10 @@ type fakeDPS struct {
 	calls   []string
 	poison  string // a bulk holding this id is rejected whole with 400
 	failAll error  // every call fails with this
-	n       int
+	// bulkUpdateAbsent404 makes a bulk update of an absent id fail with 404201 instead of
+	// creating it (DPS.md leaves the real answer unconfirmed).
+	bulkUpdateAbsent404 bool
+	n                   int
 }
 
 func newFake() *fakeDPS { return &fakeDPS{store: map[string]string{}, content: map[string]string{}} }
@@ -63,6 +66,10 @@ func (f *fakeDPS) Bulk(_ context.Context, kind Kind, mode dps.BulkMode, items []
 		case dps.BulkModeUpdate:
 			if exists && it.ETag() != etag {
 				errs = append(errs, ItemError{ID: it.ID(), Code: 409201, Status: "Enrollment already exists."})
+				continue
+			}
+			if !exists && f.bulkUpdateAbsent404 {
+				errs = append(errs, ItemError{ID: it.ID(), Code: 404201, Status: "Enrollment not found."})
 				continue
 			}
 		case dps.BulkModeUpdateIfMatchETag:
@@ -211,6 +218,51 @@ func TestApply(t *testing.T) {
 			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
+			name: "an update of an id we deleted rides in a bulk update without etag (it creates it)",
+			setup: func(f *fakeDPS, a *Applier) {
+				f.store["a"], f.store["b"] = "e0", "e0"
+				a.Apply(ctx, []Item{item(dps.BulkModeDelete, "a", ""), item(dps.BulkModeDelete, "b", "")})
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2"), item(dps.BulkModeUpdate, "b", "2")},
+			want:      "applied,applied",
+			wantCalls: "bulk-update[a,b]",
+		},
+		{
+			name: "an update of an id we deleted falls back to a plain PUT when DPS does not create in a bulk update",
+			setup: func(f *fakeDPS, a *Applier) {
+				f.store["a"] = "e0"
+				f.bulkUpdateAbsent404 = true
+				a.Apply(ctx, []Item{item(dps.BulkModeDelete, "a", "")})
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `bulk-update[a] put(a,"")`,
+		},
+		{
+			name: "an update of an id we created in bulk is one PUT If-Match * (no etag known)",
+			setup: func(f *fakeDPS, a *Applier) {
+				a.Apply(ctx, []Item{item(dps.BulkModeCreate, "a", "1")})
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `put(a,"*")`,
+		},
+		{
+			name: "an id we believed absent but exists answers 409201 in the bulk update, then PUT If-Match *",
+			setup: func(f *fakeDPS, a *Applier) {
+				f.store["a"] = "e0"
+				a.Apply(ctx, []Item{item(dps.BulkModeDelete, "a", "")})
+				f.store["a"] = "e9" // recreated by someone else
+				f.calls = nil
+			},
+			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
+			want:      "applied",
+			wantCalls: `bulk-update[a] put(a,"*")`,
+		},
+		{
 			name:      "an update without a known etag is one PUT If-Match *",
 			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
 			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},
@@ -318,6 +370,49 @@ func TestCredentialFailuresAreTransient(t *testing.T) {
 				t.Errorf("%s with %d: got %v %d %q, want transient naming the credentials", it.Op, status, out[0].Class, out[0].Status, out[0].Reason)
 			}
 		}
+	}
+}
+
+// TestUnknownUpdatesAdapt: updates of ids the applier knows nothing about start as PUT
+// If-Match: * (ERP updates of existing devices: 1 operation each). When such ids keep
+// turning out absent (2 operations each that way), they move to the bulk update, where an
+// absent id costs a tenth of an operation; when they exist again, back to PUT.
+func TestUnknownUpdatesAdapt(t *testing.T) {
+	ctx := context.Background()
+	f := newFake()
+	a, err := New(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(prefix string, n int) []Item {
+		var items []Item
+		for i := range n {
+			items = append(items, item(dps.BulkModeUpdate, fmt.Sprintf("%s-%d", prefix, i), "1"))
+		}
+		return items
+	}
+	// Absent ids: the first cost PUT + PUT, then the applier switches to bulk.
+	for round := range 5 {
+		f.calls = nil
+		if got := classes(a.Apply(ctx, batch(fmt.Sprintf("new%d", round), 10))); got != strings.Repeat("applied,", 9)+"applied" {
+			t.Fatalf("round %d: %s", round, got)
+		}
+	}
+	if got := f.callLog(); !strings.HasPrefix(got, "bulk-update[") || strings.Contains(got, "put(") {
+		t.Fatalf("after absent ids kept coming: calls %s, want one bulk update", got)
+	}
+	// Existing ids (created by someone else): the bulk update fails 409201 for each and the
+	// applier switches back to PUT If-Match: *.
+	for round := range 30 {
+		items := batch(fmt.Sprintf("old%d", round), 10)
+		for _, it := range items {
+			f.store[strings.ToLower(it.ID())] = "e0"
+		}
+		f.calls = nil
+		a.Apply(ctx, items)
+	}
+	if got := f.callLog(); strings.Contains(got, "bulk-update[") {
+		t.Fatalf("after existing ids kept coming: calls %s, want PUTs only", got)
 	}
 }
 
