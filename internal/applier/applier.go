@@ -287,9 +287,16 @@ func (a *Applier) applyUpdates(ctx context.Context, items []Item, out []Outcome)
 			}
 		}
 	}
+	// The PUTs are independent (distinct ids): send them together, not one after another.
+	var wg sync.WaitGroup
 	for _, i := range put {
-		out[i] = a.upsert(ctx, items[i], absent[i], unknown[i] && putFirst)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = a.upsert(ctx, items[i], absent[i], unknown[i] && putFirst)
+		}()
 	}
+	wg.Wait()
 }
 
 // upsert makes DPS hold it whatever exists: PUT If-Match: *, or a plain PUT when absent

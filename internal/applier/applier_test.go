@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 
@@ -453,5 +454,47 @@ func TestSameContentIgnoresServerFieldsAndCase(t *testing.T) {
 	got.Enrollment.IotHubHostName = "hub"
 	if SameContent(want, got) {
 		t.Fatal("different hub: got same")
+	}
+}
+
+// barrierDPS answers PUTs only once n of them are in flight at the same time.
+type barrierDPS struct {
+	*fakeDPS
+	n       int
+	mu      sync.Mutex
+	waiting int
+	release chan struct{}
+}
+
+func (b *barrierDPS) Put(ctx context.Context, it Item, ifMatch string) (string, error) {
+	b.mu.Lock()
+	b.waiting++
+	if b.waiting == b.n {
+		close(b.release)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.release:
+	case <-time.After(5 * time.Second):
+		return "", errors.New("PUTs of one batch were not sent together")
+	}
+	return b.fakeDPS.Put(ctx, it, ifMatch)
+}
+
+// TestPutsOfABatchAreConcurrent: the updates of one batch that need a PUT go out together;
+// one after another, a batch of ten would take ten round trips.
+func TestPutsOfABatchAreConcurrent(t *testing.T) {
+	f := newFake()
+	b := &barrierDPS{fakeDPS: f, n: 3, release: make(chan struct{})}
+	for _, id := range []string{"a", "b", "c"} {
+		f.store[id] = "e0"
+	}
+	a, err := New(b, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := a.Apply(context.Background(), []Item{item(dps.BulkModeUpdate, "a", "2"), item(dps.BulkModeUpdate, "b", "2"), item(dps.BulkModeUpdate, "c", "2")})
+	if got := classes(out); got != "applied,applied,applied" {
+		t.Fatalf("got %s (%v), want applied,applied,applied", got, out)
 	}
 }
