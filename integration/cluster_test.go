@@ -33,10 +33,22 @@ func TestClusterLeaderFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "T", Subjects: []string{"t.>"}, Replicas: 3, Storage: jetstream.FileStorage,
-	}); err != nil {
-		t.Fatal(err)
+	// While the cluster forms, an API response can be lost: bound each attempt and retry
+	// (CreateOrUpdate is idempotent), rather than wait for the test's deadline.
+	var serr error
+	for attempt := 0; attempt < 6; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, serr = js.CreateOrUpdateStream(actx, jetstream.StreamConfig{
+			Name: "T", Subjects: []string{"t.>"}, Replicas: 3, Storage: jetstream.FileStorage,
+		})
+		cancel()
+		if serr == nil {
+			break
+		}
+		t.Logf("create stream (attempt %d): %v", attempt+1, serr)
+	}
+	if serr != nil {
+		t.Fatal(serr)
 	}
 	confirmed := 0
 	publish := func(n int) {
