@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -101,9 +100,6 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	e := &env{t: t, ctx: ctx, seed: seed, rng: rand.New(rand.NewPCG(seed, 1)), opts: opts}
 
 	emu, err := harness.StartEmulator(ctx, t, harness.EmulatorOptions{Seed: seed, QuotaPerMinute: opts.quota})
-	if errors.Is(err, harness.ErrMissing) {
-		t.Skipf("emulator not available yet: %v", err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}

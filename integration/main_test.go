@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"testing"
@@ -11,8 +10,12 @@ import (
 	"github.com/dpsync/dpsync/integration/harness"
 )
 
-// backend is shared by every test of this binary: binaries are built once per `go test` run.
-var backend *harness.ProcessBackend
+// builder and backend are shared by every test of this binary: binaries are built once per
+// `go test` run. DPSYNC_BACKEND selects the backend (harness.NewBackend).
+var (
+	builder *harness.Builder
+	backend harness.Backend
+)
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
@@ -23,7 +26,11 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	backend = &harness.ProcessBackend{Builder: harness.NewBuilder(dir, os.Getenv("DPSYNC_WORKER_RACE") == "1")}
+	builder = harness.NewBuilder(dir, os.Getenv("DPSYNC_WORKER_RACE") == "1")
+	if backend, err = harness.NewBackend(builder); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
 	return m.Run()
 }
 
@@ -39,13 +46,11 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// needWorker skips the test while cmd/worker is missing or lacks the flags the harness passes.
+// needWorker fails the test when cmd/worker does not build or lacks the flags the harness
+// passes: a scenario that cannot run has not shown anything.
 func needWorker(t *testing.T) {
 	t.Helper()
-	if _, err := backend.Builder.Worker(t.Context()); err != nil {
-		if errors.Is(err, harness.ErrMissing) {
-			t.Skipf("worker not available yet: %v", err)
-		}
+	if _, err := builder.Worker(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// ErrMissing marks a piece of the system under test that does not exist yet (for example
-// cmd/worker before the pipeline lands). Scenarios skip on it instead of failing.
+// ErrMissing marks a piece of the system under test that does not build or lacks what the
+// harness needs (for example a flag of cmd/worker). Scenarios fail on it.
 var ErrMissing = errors.New("not built yet")
 
 // Builder builds the programs the harness runs, each at most once, into one directory.
