@@ -9,8 +9,9 @@ import (
 	"github.com/dpsync/dpsync/internal/dlq/dlqtest"
 )
 
-// BenchmarkReplay measures replaying 1,000 letters of 100 keys (republish, PubAck,
-// delete), and the headers-only scan of List.
+// BenchmarkReplay measures replaying 1,000 letters of 100 keys (republish, PubAck, a fake
+// worker's settle, the look for a new letter and for held ones), and the headers-only scan
+// of List.
 func BenchmarkReplay(b *testing.B) {
 	ctx := context.Background()
 	js := dlqtest.StartJetStream(b)
@@ -18,6 +19,7 @@ func BenchmarkReplay(b *testing.B) {
 		b.Fatal(err)
 	}
 	dlqtest.EventsStream(b, js, "", time.Minute)
+	dlqtest.StartSettler(b, js, dlqtest.SettlerOptions{})
 	pub, err := NewPublisher(js, PublisherOptions{WorkerID: "bench"})
 	if err != nil {
 		b.Fatal(err)

@@ -50,36 +50,55 @@ type RedriverOptions struct {
 	MaxRedrives int
 	// Interval is how often Run looks (default 15 s).
 	Interval time.Duration
+	// Settle bounds the wait for a worker to settle one republished letter (default
+	// DefaultRedriveSettle, twice the worker's default retry budget). When it passes, the
+	// pass leaves the key; the letter is not republished again while its event is still in
+	// the events stream, and the key's later letters wait for a later pass.
+	Settle time.Duration
+	// Concurrency is the number of keys a pass works on at once (default 16).
+	Concurrency int
 	// Clock decides which letters are due (default the system clock); if it is a Timer it
 	// also paces Run.
 	Clock Clock
 	// Owns reports whether this worker owns the partition of key; only such keys are
 	// redriven (nil: all keys).
 	Owns func(key string) bool
-	// Index, if set, is kept up to date with the letters the Redriver removes and parks.
+	// Index, if set, is kept up to date with the letters the Redriver sees settled and parks.
 	Index *HoldIndex
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
 
+// DefaultRedriveSettle is the default RedriverOptions.Settle: twice the worker's default
+// retry budget (2 min), the longest a worker normally takes to apply an event or give up.
+const DefaultRedriveSettle = 4 * time.Minute
+
 // Redriver republishes transient dead letters on a schedule and parks those that used up
 // their redrives. Per key it looks only at the key's first letter (lowest position):
 //   - transient, redrives left, due (last failure + Schedule[redrives] has passed):
 //     the letter and the held letters right behind it are republished as in a replay,
-//     in order, each removed after its PubAck. The event carries Dpsync-Redrives (its
-//     redrives so far, plus this one) and Dpsync-History, so if it fails again the
-//     worker's new letter continues the count and the history.
+//     in order, each once the one before was settled (a worker applied it, or
+//     dead-lettered it again, and removed its letter). The event carries Dpsync-Redrives
+//     (its redrives so far, plus this one) and Dpsync-History, so if it fails again the
+//     worker's new letter continues the count and the history, and the held letters stay
+//     behind that new letter.
 //   - transient without redrives left: parked, i.e. republished into the dead-letter
 //     stream as class permanent with its failure added to Dpsync-History (id
 //     "park.<old seq>", deduplicated if a crash repeats it), then the old letter removed.
 //   - held: nothing is ahead of it any more. The letter it followed was purged, replayed
-//     or redriven without it (a replay selects its letters when it starts, so an event
-//     held while the replay ran is not among them), and a held letter never failed
-//     itself: it and the held letters right behind it are released, i.e. republished in
-//     order as in a replay, at once and without counting a redrive. Left alone it would
-//     hold its key for ever, every later event of the key following it.
+//     or redriven without it (e.g. a replay interrupted before it came back for the
+//     letters held meanwhile), and a held letter never failed itself: it and the held
+//     letters right behind it are released, i.e. republished in order as in a replay, at
+//     once and without counting a redrive. Left alone it would hold its key for ever,
+//     every later event of the key following it.
 //   - anything else (permanent, invalid, transient not due): left alone, and so is the
 //     rest of the key, so nothing overtakes it.
+//
+// Keys are worked on concurrently (Concurrency), each letter's wait bounded by Settle: a
+// key whose worker is slow (a backlog) holds up neither the other keys nor, beyond
+// Settle, the pass. A letter republished but not settled in time is remembered and not
+// republished again while its event is still in the events stream, so a second copy cannot
+// follow the first and apply the old event again after newer ones.
 //
 // A pass reads the stream's headers only when the stream changed since the previous pass
 // (one stream-info round trip otherwise), so a large stream of parked letters costs little.
@@ -91,9 +110,19 @@ type Redriver struct {
 	mu    sync.Mutex
 	cache struct {
 		valid         bool
-		lastSeq, msgs uint64
+		lastSeq, msgs uint64 // the stream state the letters were read at
+		scanned       uint64 // the last sequence the read covered
 		letters       []Letter
 	}
+	// pending holds the letters republished but not settled within Settle, by sequence.
+	pending map[uint64]pendingReplay
+	events  map[string]jetstream.Stream // events streams by name
+}
+
+// pendingReplay is a republished letter waiting for a worker: its event's place.
+type pendingReplay struct {
+	stream string
+	event  uint64
 }
 
 // NewRedriver returns a Redriver.
@@ -127,13 +156,25 @@ func NewRedriver(opts RedriverOptions) (*Redriver, error) {
 	if opts.Interval < 0 {
 		return nil, fmt.Errorf("dlq redriver: Interval %v is negative", opts.Interval)
 	}
+	if opts.Settle == 0 {
+		opts.Settle = DefaultRedriveSettle
+	}
+	if opts.Settle < 0 {
+		return nil, fmt.Errorf("dlq redriver: Settle %v is negative", opts.Settle)
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = DefaultReplayConcurrency
+	}
 	if opts.Clock == nil {
 		opts.Clock = systemClock{}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Redriver{opts: opts, logger: opts.Logger.With("component", "dlq-redrive")}, nil
+	return &Redriver{
+		opts: opts, logger: opts.Logger.With("component", "dlq-redrive"),
+		pending: map[uint64]pendingReplay{}, events: map[string]jetstream.Stream{},
+	}, nil
 }
 
 // Due is when l is next redriven: its last failure plus the wait for its next redrive.
@@ -144,14 +185,36 @@ func (r *Redriver) Due(l Letter) time.Time {
 
 // RedriveReport says what one pass did.
 type RedriveReport struct {
-	Redriven  int // transient letters republished and removed
-	Followers int // held letters republished behind them
+	Redriven  int // transient letters republished and settled (applied, or failed again)
+	Followers int // held letters republished and settled behind them
 	Parked    int // transient letters parked as permanent
-	// Released is the number of held letters republished because no letter of their key
-	// was ahead of them any more.
+	// Released is the number of held letters republished and settled because no letter
+	// of their key was ahead of them any more.
 	Released int
+	// Unsettled is the number of letters republished but not settled within Settle; their
+	// keys wait for a later pass.
+	Unsettled int
 	// NextDue is the earliest due time of a transient letter left waiting (zero: none).
 	NextDue time.Time
+}
+
+// pass is one RunOnce's shared state.
+type pass struct {
+	mu   sync.Mutex
+	rep  RedriveReport
+	errs []error
+}
+
+func (p *pass) add(f func(*RedriveReport)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f(&p.rep)
+}
+
+func (p *pass) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.errs = append(p.errs, err)
 }
 
 // RunOnce makes one pass over the dead-letter stream at time now. Errors of single keys
@@ -161,12 +224,13 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 	if err != nil {
 		return RedriveReport{}, fmt.Errorf("redrive: %w", err)
 	}
-	all, err := r.letters(ctx, st)
+	all, last, err := r.letters(ctx, st)
 	if err != nil {
 		return RedriveReport{}, fmt.Errorf("redrive: %w", err)
 	}
-	var rep RedriveReport
-	var errs []error
+	r.forgetSettled(all)
+	p := &pass{}
+	var jobs []func(context.Context)
 	for _, g := range byKey(all) {
 		if ctx.Err() != nil {
 			break
@@ -178,53 +242,170 @@ func (r *Redriver) RunOnce(ctx context.Context, now time.Time) (RedriveReport, e
 		if r.opts.Owns != nil && !r.opts.Owns(first.Key) {
 			continue
 		}
-		if first.Class == ClassHeld {
-			errs = append(errs, r.release(ctx, st, g, &rep)...)
+		if r.waitsForWorker(ctx, first) {
 			continue
 		}
-		if first.Redrives >= r.opts.MaxRedrives {
-			switch err := r.park(ctx, st, first); {
-			case err == nil:
-				rep.Parked++
-			case !errors.Is(err, errGone):
-				errs = append(errs, err)
-			}
-			continue
-		}
-		if due := r.Due(first); now.Before(due) {
-			if rep.NextDue.IsZero() || due.Before(rep.NextDue) {
-				rep.NextDue = due
-			}
-			continue
-		}
-		batch := append([]Letter{first}, heldRun(g[1:])...)
-		st.replayKey(ctx, batch, func(l Letter) replayHeaders {
-			if l.Seq != first.Seq {
-				return replayHeaders{}
-			}
-			return replayHeaders{redrives: first.Redrives + 1, history: append(append([]Failure(nil), first.History...), first.Failure())}
-		}, func(l Letter, err error) {
-			switch {
-			case err == nil || errors.Is(err, errGone):
-				if r.opts.Index != nil {
-					r.opts.Index.Remove(l.Key, l.Seq)
+		switch {
+		case first.Class == ClassHeld:
+			jobs = append(jobs, func(ctx context.Context) {
+				r.replayKey(ctx, st, p, heldRun(g), last, func(Letter) replayHeaders { return replayHeaders{} }, func(l Letter) {
+					p.add(func(rep *RedriveReport) { rep.Released++ })
+					r.logger.Info("held dead letter released: no letter of its key is ahead of it", "seq", l.Seq, "key", l.Key)
+				})
+			})
+		case first.Redrives >= r.opts.MaxRedrives:
+			jobs = append(jobs, func(ctx context.Context) {
+				switch err := r.park(ctx, st, first); {
+				case err == nil:
+					p.add(func(rep *RedriveReport) { rep.Parked++ })
+				case !errors.Is(err, errGone):
+					p.fail(err)
 				}
-				if err == nil && l.Seq == first.Seq {
-					rep.Redriven++
-					r.logger.Info("dead letter redriven", "seq", l.Seq, "key", l.Key, "redrive", first.Redrives+1)
-				} else if err == nil {
-					rep.Followers++
-				}
-			case errors.Is(err, errSkipped):
-			default:
-				errs = append(errs, err)
+			})
+		case now.Before(r.Due(first)):
+			if due := r.Due(first); p.rep.NextDue.IsZero() || due.Before(p.rep.NextDue) {
+				p.rep.NextDue = due
 			}
-		})
+		default:
+			batch := append([]Letter{first}, heldRun(g[1:])...)
+			history := append(append([]Failure(nil), first.History...), first.Failure())
+			jobs = append(jobs, func(ctx context.Context) {
+				r.replayKey(ctx, st, p, batch, last, func(l Letter) replayHeaders {
+					if l.Seq != first.Seq {
+						return replayHeaders{}
+					}
+					return replayHeaders{redrives: first.Redrives + 1, history: history}
+				}, func(l Letter) {
+					if l.Seq == first.Seq {
+						p.add(func(rep *RedriveReport) { rep.Redriven++ })
+						r.logger.Info("dead letter redriven", "seq", l.Seq, "key", l.Key, "redrive", first.Redrives+1)
+						return
+					}
+					p.add(func(rep *RedriveReport) { rep.Followers++ })
+				})
+			})
+		}
 	}
+	sem := make(chan struct{}, r.opts.Concurrency)
+	var wg sync.WaitGroup
+	for _, job := range jobs {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			job(ctx)
+		}()
+	}
+	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		errs = append(errs, err)
+		p.errs = append(p.errs, err)
 	}
-	return rep, errors.Join(errs...)
+	return p.rep, errors.Join(p.errs...)
+}
+
+// replayKey republishes the letters of one key in order, each once the one before was
+// settled, and calls settled for each settled one. It stops at a letter that failed again
+// (the rest stays behind its new letter), one not settled in time (remembered as pending),
+// an error (in p) or the end of ctx.
+func (r *Redriver) replayKey(ctx context.Context, st *Store, p *pass, batch []Letter, last uint64,
+	hdrs func(Letter) replayHeaders, settled func(Letter)) {
+	k := newKeyRun(batch[0], last)
+	for _, l := range batch {
+		if ctx.Err() != nil {
+			return
+		}
+		ack, err := st.replayLetter(ctx, k, l, hdrs(l), r.opts.Settle, nil)
+		var again *DeadLetteredAgainError
+		var late *NotSettledError
+		switch {
+		case err == nil:
+			r.forgetIndexed(l)
+			settled(l)
+		case errors.Is(err, errGone):
+			r.forgetIndexed(l)
+		case errors.As(err, &again):
+			r.forgetIndexed(l)
+			settled(l)
+			r.logger.Info("redriven dead letter failed again; the key's later letters wait behind its new letter",
+				"seq", l.Seq, "key", l.Key, "event", again.Event, "new_seq", again.Again.Seq, "class", again.Again.Class)
+			return
+		case errors.As(err, &late):
+			r.mu.Lock()
+			r.pending[l.Seq] = pendingReplay{stream: ack.Stream, event: ack.Sequence}
+			r.mu.Unlock()
+			p.add(func(rep *RedriveReport) { rep.Unsettled++ })
+			r.logger.Warn("redriven dead letter not settled in time; its key waits for a later pass (the event is not republished while it waits in the events stream)",
+				"seq", l.Seq, "key", l.Key, "event", ack.Sequence, "waited", r.opts.Settle)
+			return
+		default:
+			if ctx.Err() == nil {
+				p.fail(err)
+			}
+			return
+		}
+	}
+}
+
+func (r *Redriver) forgetIndexed(l Letter) {
+	if r.opts.Index != nil {
+		r.opts.Index.Remove(l.Key, l.Seq)
+	}
+}
+
+// waitsForWorker reports whether l was republished by an earlier pass and its event is
+// still in the events stream, waiting for a worker: then it must not go out again. An
+// event no longer there (the events stream lost it) lets l be republished.
+func (r *Redriver) waitsForWorker(ctx context.Context, l Letter) bool {
+	r.mu.Lock()
+	pr, ok := r.pending[l.Seq]
+	s := r.events[pr.stream]
+	r.mu.Unlock()
+	if !ok {
+		return false
+	}
+	var err error
+	if s == nil {
+		if s, err = r.opts.JS.Stream(ctx, pr.stream); err == nil {
+			r.mu.Lock()
+			r.events[pr.stream] = s
+			r.mu.Unlock()
+		}
+	}
+	if err == nil {
+		_, err = s.GetMsg(ctx, pr.event)
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		r.mu.Lock()
+		delete(r.pending, l.Seq)
+		r.mu.Unlock()
+		r.logger.Warn("redriven dead letter's event left the events stream unsettled; republishing it", "seq", l.Seq, "key", l.Key, "event", pr.event)
+		return false
+	}
+	return true // still there, or unknown: wait
+}
+
+// forgetSettled drops the pending letters that are gone.
+func (r *Redriver) forgetSettled(all []Letter) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) == 0 {
+		return
+	}
+	in := make(map[uint64]bool, len(all))
+	for _, l := range all {
+		in[l.Seq] = true
+	}
+	for seq := range r.pending {
+		if !in[seq] {
+			delete(r.pending, seq)
+		}
+	}
 }
 
 // heldRun is the held letters at the start of g: the letters a redrive or release of g's
@@ -237,50 +418,28 @@ func heldRun(g []Letter) []Letter {
 	return g[:n]
 }
 
-// release republishes the held letters at the head of g, in order, as a replay does: their
-// blocker is gone. A held letter never failed, so no redrive is counted.
-func (r *Redriver) release(ctx context.Context, st *Store, g []Letter, rep *RedriveReport) []error {
-	var errs []error
-	st.replayKey(ctx, heldRun(g), func(Letter) replayHeaders { return replayHeaders{} }, func(l Letter, err error) {
-		switch {
-		case err == nil || errors.Is(err, errGone):
-			if r.opts.Index != nil {
-				r.opts.Index.Remove(l.Key, l.Seq)
-			}
-			if err == nil {
-				rep.Released++
-				r.logger.Info("held dead letter released: no letter of its key is ahead of it", "seq", l.Seq, "key", l.Key)
-			}
-		case errors.Is(err, errSkipped):
-		default:
-			errs = append(errs, err)
-		}
-	})
-	return errs
-}
-
-// letters returns the stream's letters (headers only), from the cache when the stream's
-// last sequence and message count did not change since the cache was filled: any new
-// letter raises the one, any removal lowers the other.
-func (r *Redriver) letters(ctx context.Context, st *Store) ([]Letter, error) {
+// letters returns the stream's letters (headers only) and the last sequence they cover,
+// from the cache when the stream's last sequence and message count did not change since
+// the cache was filled: any new letter raises the one, any removal lowers the other.
+func (r *Redriver) letters(ctx context.Context, st *Store) ([]Letter, uint64, error) {
 	info, err := st.s.Info(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	r.mu.Lock()
 	c := r.cache
 	r.mu.Unlock()
 	if c.valid && c.lastSeq == info.State.LastSeq && c.msgs == info.State.Msgs {
-		return c.letters, nil
+		return c.letters, c.scanned, nil
 	}
-	all, err := st.all(ctx)
+	all, last, err := st.allUpTo(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	r.mu.Lock()
-	r.cache.valid, r.cache.lastSeq, r.cache.msgs, r.cache.letters = true, info.State.LastSeq, info.State.Msgs, all
+	r.cache.valid, r.cache.lastSeq, r.cache.msgs, r.cache.scanned, r.cache.letters = true, info.State.LastSeq, info.State.Msgs, last, all
 	r.mu.Unlock()
-	return all, nil
+	return all, last, nil
 }
 
 // park replaces the transient letter l by a permanent one with l's failure in its history.
@@ -336,8 +495,9 @@ func (r *Redriver) Run(ctx context.Context) {
 		}
 		if err != nil {
 			r.logger.Warn("redrive pass incomplete; retried next pass", "err", err)
-		} else if rep.Redriven+rep.Parked+rep.Released > 0 {
-			r.logger.Info("redrive pass", "redriven", rep.Redriven, "followers", rep.Followers, "parked", rep.Parked, "released", rep.Released)
+		} else if rep.Redriven+rep.Parked+rep.Released+rep.Unsettled > 0 {
+			r.logger.Info("redrive pass", "redriven", rep.Redriven, "followers", rep.Followers, "parked", rep.Parked,
+				"released", rep.Released, "unsettled", rep.Unsettled)
 		}
 		select {
 		case <-ctx.Done():

@@ -4,6 +4,7 @@ import (
 	"context"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,27 +25,50 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-// refail plays the worker whose DPS call fails again: the redriven event at seq of the
-// events stream becomes a new transient letter at time when.
-func refail(t *testing.T, e *env, events jetstream.Stream, seq uint64, when time.Time) uint64 {
-	t.Helper()
-	m, err := events.GetMsg(e.ctx, seq)
-	if err != nil {
-		t.Fatal(err)
+// failingWorker is a fake worker whose DPS call fails while fail is set: it dead-letters
+// every replayed event again as a transient letter at time when, continuing the redrive
+// count and history the event carries, before its old letter is removed.
+type failingWorker struct {
+	e *env
+
+	mu   sync.Mutex
+	fail bool
+	when time.Time
+}
+
+func (w *failingWorker) set(fail bool, when time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.fail, w.when = fail, when
+}
+
+func (w *failingWorker) handle(ctx context.Context, m jetstream.Msg) error {
+	w.mu.Lock()
+	fail, when := w.fail, w.when
+	w.mu.Unlock()
+	if !fail || m.Headers().Get(HeaderReplayOf) == "" {
+		return nil
 	}
-	pos, _ := strconv.ParseUint(m.Header.Get(HeaderPosition), 10, 64)
-	l := letter("enrollment/dev-1", seq, "create", ClassTransient, 0, when)
+	meta, err := m.Metadata()
+	if err != nil {
+		return err
+	}
+	pos, _ := strconv.ParseUint(m.Headers().Get(HeaderPosition), 10, 64)
+	l := letter("enrollment/dev-1", meta.Sequence.Stream, "create", ClassTransient, 0, when)
 	l.Position = pos
-	l.Data = m.Data
-	l.FromEvent(m.Header)
-	return e.publish(t, l)[0]
+	l.Data = m.Data()
+	l.FromEvent(m.Headers())
+	_, err = w.e.pub.Publish(ctx, l)
+	return err
 }
 
 func TestRedriveSchedule(t *testing.T) {
 	e := newEnv(t)
 	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	w := &failingWorker{e: e}
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{Handle: w.handle})
 	x := NewHoldIndex(e.js, "")
-	r, err := NewRedriver(RedriverOptions{JS: e.js, Schedule: []time.Duration{time.Minute, 5 * time.Minute}, Index: x})
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Schedule: []time.Duration{time.Minute, 5 * time.Minute}, Index: x, Settle: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,24 +86,24 @@ func TestRedriveSchedule(t *testing.T) {
 	if rep.Redriven != 0 || !rep.NextDue.Equal(t0.Add(time.Minute)) || msgCount(t, e.dlq) != 3 {
 		t.Errorf("before due: got %+v, %d letters; want nothing redriven, next due %v", rep, msgCount(t, e.dlq), t0.Add(time.Minute))
 	}
-	// Due: the root and the held update behind it go out in order; the permanent letter stays.
+	// Due, but DPS still fails: the worker dead-letters the redriven event again (redrive
+	// 1, with the history) and removes the old letter; the held update is not republished:
+	// it stays behind the new letter.
+	t1 := t0.Add(2 * time.Minute)
+	w.set(true, t1)
 	rep, err = r.RunOnce(e.ctx, t0.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Redriven != 1 || rep.Followers != 1 {
-		t.Errorf("due: got %+v, want 1 redriven with 1 follower", rep)
-	}
-	left, _ := e.st.List(e.ctx, Filter{})
-	if got := seqsOf(left); !reflect.DeepEqual(got, seqs[2:]) {
-		t.Errorf("left: got %v, want only the permanent letter %v", got, seqs[2:])
+	if rep.Redriven != 1 || rep.Followers != 0 {
+		t.Errorf("due: got %+v, want 1 redriven and no follower", rep)
 	}
 	if x.Len() != 0 {
 		t.Errorf("hold index: got %d letters, want the redriven one removed", x.Len())
 	}
 	evs := dlqtest.Messages(t, events)
-	if len(evs) != 2 {
-		t.Fatalf("events: got %d, want 2", len(evs))
+	if len(evs) != 1 {
+		t.Fatalf("events: got %d, want the redriven root only", len(evs))
 	}
 	if got := evs[0].Header.Get(HeaderRedrives); got != "1" {
 		t.Errorf("redriven event: got %s %q, want 1", HeaderRedrives, got)
@@ -87,50 +111,186 @@ func TestRedriveSchedule(t *testing.T) {
 	if got := evs[0].Header.Get(HeaderHistory); got == "" {
 		t.Error("redriven event: no history")
 	}
-	if got := evs[1].Header.Get(HeaderRedrives); got != "" {
-		t.Errorf("follower: got %s %q, want none (it never failed)", HeaderRedrives, got)
+	left, _ := e.st.List(e.ctx, Filter{KeyGlob: "dev-1"})
+	if len(left) != 2 || left[0].Seq != seqs[1] || left[1].Redrives != 1 || left[1].Class != ClassTransient {
+		t.Fatalf("dev-1's letters: got %+v, want the held update and the new transient letter with redrive 1", left)
 	}
 
-	// DPS still fails: the worker's new letter carries redrive 1; the next wait is 5 min.
-	t1 := t0.Add(2 * time.Minute)
-	refail(t, e, events, evs[0].Sequence, t1)
+	// The next wait is 5 min; it fails a second time.
 	if rep, _ := r.RunOnce(e.ctx, t1.Add(4*time.Minute)); rep.Redriven != 0 {
 		t.Errorf("second redrive before its 5 min: got %+v", rep)
 	}
-	if rep, _ := r.RunOnce(e.ctx, t1.Add(5*time.Minute)); rep.Redriven != 1 {
+	t2 := t1.Add(6 * time.Minute)
+	w.set(true, t2)
+	if rep, _ := r.RunOnce(e.ctx, t1.Add(5*time.Minute)); rep.Redriven != 1 || rep.Followers != 0 {
 		t.Errorf("second redrive when due: got %+v, want 1 redriven", rep)
 	}
-	// Fails a third time: no redrives left, so it is parked as permanent with its history.
-	evs = dlqtest.Messages(t, events)
-	t2 := t1.Add(6 * time.Minute)
-	third := refail(t, e, events, evs[len(evs)-1].Sequence, t2)
+	// No redrives left: parked as permanent with its history.
 	rep, err = r.RunOnce(e.ctx, t2.Add(time.Hour))
 	if err != nil || rep.Parked != 1 || rep.Redriven != 0 {
 		t.Fatalf("park: got %+v %v, want 1 parked", rep, err)
 	}
-	if _, err := e.st.Get(e.ctx, third); err == nil {
-		t.Error("parked letter: the transient letter is still there")
-	}
-	parked, err := e.st.List(e.ctx, Filter{KeyGlob: "dev-1"})
+	parked, err := e.st.List(e.ctx, Filter{KeyGlob: "dev-1", Class: ClassPermanent})
 	if err != nil || len(parked) != 1 {
-		t.Fatalf("parked: got %v %v, want one letter of dev-1", parked, err)
+		t.Fatalf("parked: got %v %v, want one permanent letter of dev-1", parked, err)
 	}
 	p := parked[0]
-	if p.Class != ClassPermanent || p.Redrives != 2 || len(p.History) != 3 || p.Position != 7 {
-		t.Errorf("parked letter: got class %s redrives %d history %d position %d, want permanent 2 3 7", p.Class, p.Redrives, len(p.History), p.Position)
+	if p.Redrives != 2 || len(p.History) != 3 || p.Position != 7 {
+		t.Errorf("parked letter: got redrives %d history %d position %d, want 2 3 7", p.Redrives, len(p.History), p.Position)
 	}
 	if len(p.History) == 3 && (!p.History[0].When.Equal(t0) || !p.History[2].When.Equal(t2)) {
 		t.Errorf("history: got %+v, want failures at %v … %v", p.History, t0, t2)
 	}
-	// Parked letters are left alone.
+	if all, _ := e.st.List(e.ctx, Filter{KeyGlob: "dev-1"}); len(all) != 2 {
+		t.Errorf("dev-1's letters: got %d, want the parked letter and the held update behind it", len(all))
+	}
+	// Parked letters are left alone, and so is what they hold.
 	if rep, _ := r.RunOnce(e.ctx, t2.Add(100*time.Hour)); rep != (RedriveReport{}) {
 		t.Errorf("after park: got %+v, want nothing", rep)
+	}
+	if n := len(dlqtest.Messages(t, events)); n != 2 {
+		t.Errorf("events: got %d, want the two redrives only", n)
+	}
+}
+
+// When DPS is back, the redriven letter and the held letters behind it go out one after
+// the other, each once the one before was settled.
+func TestRedriveSettlesBeforeTheNextLetter(t *testing.T) {
+	e := newEnv(t)
+	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	var mu sync.Mutex
+	var pending []uint64
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{Handle: func(ctx context.Context, m jetstream.Msg) error {
+		meta, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		pending = append(pending, meta.NumPending)
+		mu.Unlock()
+		return nil
+	}})
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Settle: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.publish(t,
+		letter("enrollment/dev-1", 7, "create", ClassTransient, 0, t0),
+		letter("enrollment/dev-1", 9, "update", ClassHeld, 0, t0),
+		letter("enrollment/dev-1", 11, "delete", ClassHeld, 0, t0),
+	)
+	rep, err := r.RunOnce(e.ctx, t0.Add(time.Hour))
+	if err != nil || rep.Redriven != 1 || rep.Followers != 2 {
+		t.Fatalf("got %+v %v, want 1 redriven with 2 followers", rep, err)
+	}
+	if n := msgCount(t, e.dlq); n != 0 {
+		t.Errorf("letters left: %d, want 0", n)
+	}
+	var ops []string
+	for _, m := range dlqtest.Messages(t, events) {
+		ops = append(ops, m.Header.Get(HeaderPosition))
+	}
+	if got := strings.Join(ops, " "); got != "7 9 11" {
+		t.Errorf("events: got positions %s, want 7 9 11", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, n := range pending {
+		if n != 0 {
+			t.Errorf("event %d: %d events behind it when the worker took it, want 0 (the next one goes out after it settled)", i, n)
+		}
+	}
+}
+
+// A redriven letter no worker settles in time: the pass moves on (other keys are not held
+// up), later passes do not republish it while its event waits in the events stream, and
+// the held letters behind it stay until it is settled.
+func TestRedriveUnsettledLetterIsNotRepublished(t *testing.T) {
+	e := newEnv(t)
+	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Settle: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := e.publish(t,
+		letter("enrollment/dev-1", 7, "create", ClassTransient, 0, t0),
+		letter("enrollment/dev-1", 9, "update", ClassHeld, 0, t0),
+	)
+	now := t0.Add(time.Hour)
+	for pass := range 3 {
+		rep, err := r.RunOnce(e.ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := RedriveReport{}
+		if pass == 0 {
+			want.Unsettled = 1
+		}
+		if rep != want {
+			t.Errorf("pass %d: got %+v, want %+v", pass, rep, want)
+		}
+		if n := len(dlqtest.Messages(t, events)); n != 1 {
+			t.Errorf("pass %d: %d events, want the one republish", pass, n)
+		}
+	}
+	left, _ := e.st.List(e.ctx, Filter{})
+	if got := seqsOf(left); !reflect.DeepEqual(got, seqs) {
+		t.Errorf("letters: got %v, want both %v", got, seqs)
+	}
+	// A worker comes: it settles the waiting event; the next pass releases the held letter.
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
+	deadline := time.Now().Add(10 * time.Second)
+	for msgCount(t, e.dlq) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiting event was not settled within 10s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling an outcome, not timing it
+	}
+	rep, err := r.RunOnce(e.ctx, now)
+	if err != nil || rep.Released != 1 {
+		t.Fatalf("after the settle: got %+v %v, want the held letter released", rep, err)
+	}
+	if n := msgCount(t, e.dlq); n != 0 {
+		t.Errorf("letters left: %d, want 0", n)
+	}
+}
+
+// Keys are redriven concurrently: a key whose event the worker settles only after another
+// key's is not a reason for that other key to wait.
+func TestRedriveKeysDoNotWaitForEachOther(t *testing.T) {
+	e := newEnv(t)
+	dlqtest.EventsStream(t, e.js, "", time.Hour)
+	slow := letter("enrollment/slow", 1, "create", ClassTransient, 0, t0)
+	fast := letter("enrollment/fast", 2, "create", ClassTransient, 0, t0)
+	fastDone := make(chan struct{})
+	var once sync.Once
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{Handle: func(ctx context.Context, m jetstream.Msg) error {
+		if strings.HasSuffix(m.Subject(), ".fast") {
+			once.Do(func() { close(fastDone) })
+			return nil
+		}
+		select { // the slow key settles only once the fast one did
+		case <-fastDone:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	e.publish(t, slow, fast) // the slow key comes first in a pass
+	r, err := NewRedriver(RedriverOptions{JS: e.js, Settle: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.RunOnce(e.ctx, t0.Add(time.Hour))
+	if err != nil || rep.Redriven != 2 || rep.Unsettled != 0 {
+		t.Fatalf("got %+v %v, want both keys redriven in one pass", rep, err)
 	}
 }
 
 func TestRedriveOwns(t *testing.T) {
 	e := newEnv(t)
 	dlqtest.EventsStream(t, e.js, "", time.Minute)
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
 	e.publish(t,
 		letter("enrollment/mine", 1, "create", ClassTransient, 0, t0),
 		letter("enrollment/theirs", 2, "create", ClassTransient, 0, t0),
@@ -156,6 +316,7 @@ func TestNewRedriverValidates(t *testing.T) {
 		"empty schedule": {JS: js, Schedule: []time.Duration{}},
 		"zero wait":      {JS: js, Schedule: []time.Duration{time.Minute, 0}},
 		"negative max":   {JS: js, MaxRedrives: -1},
+		"negative wait":  {JS: js, Settle: -time.Second},
 	} {
 		if _, err := NewRedriver(o); err == nil {
 			t.Errorf("%s: got no error, want one", name)
@@ -165,14 +326,15 @@ func TestNewRedriverValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.opts.MaxRedrives != 4 || !reflect.DeepEqual(r.opts.Schedule, DefaultSchedule) {
-		t.Errorf("defaults: got max %d schedule %v", r.opts.MaxRedrives, r.opts.Schedule)
+	if r.opts.MaxRedrives != 4 || !reflect.DeepEqual(r.opts.Schedule, DefaultSchedule) || r.opts.Settle != 4*time.Minute {
+		t.Errorf("defaults: got max %d schedule %v settle %v", r.opts.MaxRedrives, r.opts.Schedule, r.opts.Settle)
 	}
 }
 
 func TestRedriverRun(t *testing.T) {
 	e := newEnv(t)
 	dlqtest.EventsStream(t, e.js, "", time.Minute)
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
 	e.publish(t, letter("enrollment/a", 1, "create", ClassTransient, 0, t0))
 	clock := &fakeClock{now: t0.Add(time.Hour)}
 	r, err := NewRedriver(RedriverOptions{JS: e.js, Clock: clock, Interval: 10 * time.Millisecond})
@@ -202,6 +364,7 @@ func TestRedriverRun(t *testing.T) {
 func TestRedriveReleasesHeldLetterWhoseBlockerIsGone(t *testing.T) {
 	e := newEnv(t)
 	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
 	x := NewHoldIndex(e.js, "")
 	r, err := NewRedriver(RedriverOptions{JS: e.js, Index: x})
 	if err != nil {
@@ -256,19 +419,21 @@ func TestRedriveReleasesHeldLetterWhoseBlockerIsGone(t *testing.T) {
 	}
 }
 
-// An event held while a replay of its key runs is not among the letters the replay
-// selected: once the replay removed the letter ahead of it, the redriver releases it.
+// A held letter left at the head of its key after a replay (the replay was interrupted
+// before it came back for the letters held during it; or it was held behind a letter that
+// another process removed): the redriver releases it.
 func TestRedriveReleasesLetterHeldDuringReplay(t *testing.T) {
 	e := newEnv(t)
 	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
 	root := letter("enrollment/dev-1", 7, "create", ClassPermanent, 409201, t0)
 	rootSeq := e.publish(t, root)[0]
 	rep, err := e.st.Replay(e.ctx, Filter{KeyGlob: "dev-1"}, ReplayOptions{})
 	if err != nil || len(rep.Replayed) != 1 {
 		t.Fatalf("replay: %+v %v", rep, err)
 	}
-	// The worker held a later event behind the root while the replay ran (the root's
-	// letter was still there when it checked); the replay had selected its letters already.
+	// The worker had held a later event behind the root (the root's letter was still there
+	// when it checked); the replay ended without it.
 	lateLetter := letter("enrollment/dev-1", 12, "update", ClassHeld, 0, t0)
 	lateLetter.Reason = "held behind dead letter " + strconv.FormatUint(rootSeq, 10) + " (DPS 409201 on create)"
 	late := e.publish(t, lateLetter)[0]
@@ -341,6 +506,7 @@ func (c *timerClock) Advance(d time.Duration) {
 func TestRedriverRunPacedByTimerClock(t *testing.T) {
 	e := newEnv(t)
 	dlqtest.EventsStream(t, e.js, "", time.Minute)
+	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{})
 	clock := &timerClock{now: t0}
 	r, err := NewRedriver(RedriverOptions{JS: e.js, Clock: clock, Interval: 30 * time.Second, Schedule: []time.Duration{time.Minute}})
 	if err != nil {

@@ -132,8 +132,15 @@ func (st *Store) Stream() string { return st.opts.Stream }
 
 // all reads every letter, headers only, in sequence order.
 func (st *Store) all(ctx context.Context) ([]Letter, error) {
+	ls, _, err := st.allUpTo(ctx)
+	return ls, err
+}
+
+// allUpTo is all, and the last sequence of the stream when the read started: any letter
+// stored since has a higher sequence.
+func (st *Store) allUpTo(ctx context.Context) ([]Letter, uint64, error) {
 	var out []Letter
-	_, err := scan(ctx, st.s, 1, true, func(seq uint64, subject string, stored time.Time, h nats.Header, _ []byte) error {
+	last, err := scan(ctx, st.s, 1, true, func(seq uint64, subject string, stored time.Time, h nats.Header, _ []byte) error {
 		l, err := parseLetter(seq, subject, stored, h, nil)
 		if err != nil {
 			st.logger.Warn("malformed dead letter", "seq", seq, "err", err)
@@ -141,7 +148,7 @@ func (st *Store) all(ctx context.Context) ([]Letter, error) {
 		out = append(out, l)
 		return nil
 	})
-	return out, err
+	return out, last, err
 }
 
 // List returns the letters that pass f, oldest (lowest sequence) first, without their
@@ -287,16 +294,21 @@ func byKey(ls []Letter) [][]Letter {
 		groups[i] = append(groups[i], l)
 	}
 	for _, g := range groups {
-		sort.SliceStable(g, func(i, j int) bool {
-			pi, pj := g[i].OrderPosition(), g[j].OrderPosition()
-			if pi != pj {
-				return pi < pj
-			}
-			return g[i].Seq < g[j].Seq
-		})
+		sortByPosition(g)
 	}
 	sort.SliceStable(groups, func(i, j int) bool { return minSeq(groups[i]) < minSeq(groups[j]) })
 	return groups
+}
+
+// sortByPosition sorts the letters of one key in their order: by position, then sequence.
+func sortByPosition(g []Letter) {
+	sort.SliceStable(g, func(i, j int) bool {
+		pi, pj := g[i].OrderPosition(), g[j].OrderPosition()
+		if pi != pj {
+			return pi < pj
+		}
+		return g[i].Seq < g[j].Seq
+	})
 }
 
 func minSeq(g []Letter) uint64 {

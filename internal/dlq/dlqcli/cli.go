@@ -557,11 +557,12 @@ func sortInts(a []int) {
 
 func (c *cli) replay(ctx context.Context, args []string) error {
 	var ff filterFlags
-	fs := c.flagSet("[filters] [--dry-run] [--as MODE] [--no-followers]")
+	fs := c.flagSet("[filters] [--dry-run] [--as MODE] [--no-followers] [--wait D]")
 	ff.register(fs)
 	dry := fs.Bool("dry-run", false, "only show what would be replayed")
 	as := fs.String("as", "", "replay failed letters with this operation: "+strings.Join(dlq.Operations, ", "))
 	noFollowers := fs.Bool("no-followers", false, "do not replay the held letters behind the selected ones")
+	wait := fs.Duration("wait", dlq.DefaultReplayWait, "how long to wait for a worker to settle each republished letter before the key's replay stops")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -573,6 +574,9 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 	}
 	if *as != "" && !validOp(*as) {
 		return usagef("--as: %q is not one of %s", *as, strings.Join(dlq.Operations, ", "))
+	}
+	if *wait <= 0 {
+		return usagef("--wait: %v is not positive", *wait)
 	}
 	st, err := c.open(ctx)
 	if err != nil {
@@ -592,28 +596,48 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 		return c.table(rep.Selected)
 	}
 	bar := newProgress(c.env.Stderr, c.env.Terminal(c.env.Stderr))
-	rep, err := st.Replay(ctx, f, dlq.ReplayOptions{As: *as, NoFollowers: *noFollowers, Progress: bar.update})
+	rep, err := st.Replay(ctx, f, dlq.ReplayOptions{As: *as, NoFollowers: *noFollowers, Wait: *wait, Progress: bar.update})
 	bar.finish()
 	if len(rep.Selected) == 0 && err == nil {
 		fmt.Fprintln(w, "no dead letters")
 		return nil
 	}
-	fmt.Fprintf(w, "replayed %d of %s (%s)", len(rep.Replayed), plural(len(rep.Selected), "letter"), plural(rep.Keys, "key"))
+	total := len(rep.Selected) + len(rep.Later)
+	fmt.Fprintf(w, "replayed %d of %s (%s)", len(rep.Replayed), plural(total, "letter"), plural(rep.Keys, "key"))
+	if len(rep.Later) > 0 {
+		fmt.Fprintf(w, ", %d of them held while the replay ran", len(rep.Later))
+	}
 	if len(rep.Gone) > 0 {
 		fmt.Fprintf(w, "; %d already gone", len(rep.Gone))
 	}
 	fmt.Fprintln(w)
 	for _, fl := range rep.Failed {
-		fmt.Fprintf(w, "failed  %d %s: %v\n", fl.Letter.Seq, fl.Letter.Key, fl.Err)
+		var late *dlq.NotSettledError
+		var again *dlq.DeadLetteredAgainError
+		switch {
+		case errors.As(fl.Err, &late), errors.As(fl.Err, &again):
+			fmt.Fprintf(w, "failed  %v\n", fl.Err) // the error names the letter and its key
+		case fl.Letter.Seq == 0:
+			fmt.Fprintf(w, "failed  - %s: %v\n", fl.Letter.Key, fl.Err)
+		default:
+			fmt.Fprintf(w, "failed  %d %s: %v\n", fl.Letter.Seq, fl.Letter.Key, fl.Err)
+		}
 	}
 	for _, l := range rep.Skipped {
 		fmt.Fprintf(w, "skipped %d %s: behind a failed letter of its key\n", l.Seq, l.Key)
+	}
+	for _, l := range rep.Left {
+		fmt.Fprintf(w, "left    %d %s: held while the replay ran, after its last round\n", l.Seq, l.Key)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w (run it again to continue: replayed letters are not replayed twice)", err)
 	}
 	if err != nil {
-		return fmt.Errorf("%d letters failed, %d skipped; they stay in the stream", len(rep.Failed), len(rep.Skipped))
+		msg := fmt.Sprintf("%d letters failed, %d skipped; they stay in the stream", len(rep.Failed), len(rep.Skipped))
+		if len(rep.Left) > 0 {
+			msg += fmt.Sprintf("; %d held letters left: run replay again", len(rep.Left))
+		}
+		return errors.New(msg)
 	}
 	return nil
 }
@@ -675,42 +699,71 @@ func (c *cli) purge(ctx context.Context, args []string) error {
 	return err
 }
 
-// progress draws replay progress on stderr: a bar redrawn in place on a terminal, a line
-// per 10 % otherwise.
+// progress draws replay progress on stderr: a bar redrawn in place on a terminal, with the
+// letter a wait for a worker is on when it lasts longer than a second; otherwise a line per
+// 10 %, and a line when a wait passes a second and every 15 s after that.
 type progress struct {
 	w        io.Writer
 	terminal bool
-	last     int // last printed tenth (plain) or done (terminal)
-	drawn    bool
+	last     int    // last printed tenth (plain)
+	printed  [2]int // done and total of the last line printed (plain)
+	drawn    int    // length of the last line drawn (terminal)
+	waits    map[uint64]int
 }
+
+// waitLine is how often a plain progress repeats that a wait goes on.
+const waitLine = 15 * time.Second
 
 func newProgress(w io.Writer, terminal bool) *progress {
-	return &progress{w: w, terminal: terminal, last: -1}
+	return &progress{w: w, terminal: terminal, last: -1, waits: map[uint64]int{}}
 }
 
-func (p *progress) update(done, total int) {
+func (p *progress) update(pr dlq.ReplayProgress) {
+	done, total := pr.Done, pr.Total
 	if total == 0 {
 		return
 	}
 	if p.terminal {
 		const width = 30
-		n := done * width / total
-		fmt.Fprintf(p.w, "\rreplay [%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), done, total)
-		p.drawn = true
+		n := min(done*width/total, width)
+		line := fmt.Sprintf("replay [%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), done, total)
+		if len(pr.Waiting) > 0 {
+			wt := pr.Waiting[0]
+			line += fmt.Sprintf("  waiting %s for a worker to settle letter %d of %s", wt.For.Truncate(time.Second), wt.Letter.Seq, wt.Letter.Key)
+			if len(pr.Waiting) > 1 {
+				line += fmt.Sprintf(" (+%d more)", len(pr.Waiting)-1)
+			}
+		}
+		pad := max(p.drawn-len(line), 0)
+		fmt.Fprintf(p.w, "\r%s%s", line, strings.Repeat(" ", pad))
+		p.drawn = len(line)
 		return
 	}
-	tenth := done * 10 / total
-	if tenth > p.last || done == total {
-		if done == total && p.last == 10 {
-			return
+	waiting := map[uint64]bool{}
+	for _, wt := range pr.Waiting {
+		waiting[wt.Letter.Seq] = true
+		n := int(wt.For / waitLine)
+		if last, ok := p.waits[wt.Letter.Seq]; !ok || n > last {
+			p.waits[wt.Letter.Seq] = n
+			fmt.Fprintf(p.w, "replay: waiting %s for a worker to settle letter %d of %s (events #%d)\n",
+				wt.For.Truncate(time.Second), wt.Letter.Seq, wt.Letter.Key, wt.Event)
 		}
-		p.last = tenth
+	}
+	for seq := range p.waits {
+		if !waiting[seq] {
+			delete(p.waits, seq)
+		}
+	}
+	// The total grows when held letters join; the last line is printed once per total.
+	tenth := done * 10 / total
+	if tenth > p.last || done == total && p.printed != [2]int{done, total} {
+		p.last, p.printed = tenth, [2]int{done, total}
 		fmt.Fprintf(p.w, "replay: %d/%d letters\n", done, total)
 	}
 }
 
 func (p *progress) finish() {
-	if p.terminal && p.drawn {
+	if p.terminal && p.drawn > 0 {
 		fmt.Fprintln(p.w)
 	}
 }

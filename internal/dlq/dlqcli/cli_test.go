@@ -236,12 +236,18 @@ func TestPurge(t *testing.T) {
 	}
 }
 
+// waitLineRe matches the progress line of a wait for a worker longer than a second, which
+// a loaded machine may print.
+var waitLineRe = regexp.MustCompile(`(?m)^replay: waiting .*\n`)
+
 func TestReplay(t *testing.T) {
 	f := setup(t)
+	settler := dlqtest.StartSettler(t, f.js, dlqtest.SettlerOptions{})
 	r := f.run(t, "", "replay", "--key", "dev-1", "--as", "update")
 	if r.code != 0 {
 		t.Fatalf("replay: got exit %d, stderr %q", r.code, r.stderr)
 	}
+	r.stderr = waitLineRe.ReplaceAllString(r.stderr, "")
 	golden(t, "replay", r.output())
 	events, err := f.js.Stream(context.Background(), "DPS_EVENTS")
 	if err != nil {
@@ -255,6 +261,13 @@ func TestReplay(t *testing.T) {
 	}
 	if got, want := strings.Join(ops, " "), "11:update 12:update"; got != want {
 		t.Errorf("replayed events: got %s, want %s", got, want)
+	}
+	// No worker: the replay waits --wait for the letter to be settled, then says so.
+	settler.Stop()
+	r = f.run(t, "", "replay", "--key", "group/*", "--wait", "200ms")
+	want := regexp.MustCompile(`(?m)^failed  letter ` + strconv.FormatUint(f.seqs[2], 10) + ` of group/line-a was republished \(events #\d+\) but no worker settled it within 200ms — is a worker running and does it own the partition\? Re-run replay to continue: the republish is deduplicated$`)
+	if r.code != 1 || !want.MatchString(r.stdout) || !strings.Contains(r.stderr, "1 letters failed") {
+		t.Errorf("replay without a worker: got %d\n%s%s\nwant exit 1 and the letter that was not settled", r.code, r.stdout, r.stderr)
 	}
 	// A failed replay: the origin subject has no stream.
 	if err := f.js.DeleteStream(context.Background(), "DPS_EVENTS"); err != nil {
@@ -270,20 +283,56 @@ func TestProgressBar(t *testing.T) {
 	var b bytes.Buffer
 	p := newProgress(&b, true)
 	for i := 1; i <= 3; i++ {
-		p.update(i, 3)
+		p.update(dlq.ReplayProgress{Done: i, Total: 3})
 	}
 	p.finish()
 	want := "\rreplay [##########....................] 1/3\rreplay [####################..........] 2/3\rreplay [##############################] 3/3\n"
 	if b.String() != want {
 		t.Errorf("terminal bar: got %q, want %q", b.String(), want)
 	}
+	// A wait longer than a second names the letter; the line after it is padded over it.
+	b.Reset()
+	p = newProgress(&b, true)
+	l := dlq.Letter{Seq: 17, Key: "enrollment/dev-1"}
+	p.update(dlq.ReplayProgress{Done: 1, Total: 3, Waiting: []dlq.ReplayWait{{Letter: l, Event: 1234, For: 3500 * time.Millisecond}, {Letter: l, For: time.Second}}})
+	p.update(dlq.ReplayProgress{Done: 2, Total: 3})
+	p.finish()
+	wait := "replay [##########....................] 1/3  waiting 3s for a worker to settle letter 17 of enrollment/dev-1 (+1 more)"
+	next := "replay [####################..........] 2/3"
+	want = "\r" + wait + "\r" + next + strings.Repeat(" ", len(wait)-len(next)) + "\n"
+	if b.String() != want {
+		t.Errorf("terminal bar with a wait: got %q, want %q", b.String(), want)
+	}
 	b.Reset()
 	p = newProgress(&b, false)
 	for i := 1; i <= 100; i++ {
-		p.update(i, 100)
+		p.update(dlq.ReplayProgress{Done: i, Total: 100})
 	}
 	if n := strings.Count(b.String(), "\n"); n != 11 {
 		t.Errorf("plain progress: got %d lines, want 11 (the first letter, then every 10 %%):\n%s", n, b.String())
+	}
+	// Plain: a wait is told when it passes a second and every 15 s after; a total that
+	// grows (held letters joining) still ends with its last line.
+	b.Reset()
+	p = newProgress(&b, false)
+	for _, pr := range []dlq.ReplayProgress{
+		{Done: 1, Total: 2},
+		{Done: 1, Total: 2, Waiting: []dlq.ReplayWait{{Letter: l, Event: 1234, For: time.Second}}},
+		{Done: 1, Total: 2, Waiting: []dlq.ReplayWait{{Letter: l, Event: 1234, For: 2 * time.Second}}},
+		{Done: 1, Total: 2, Waiting: []dlq.ReplayWait{{Letter: l, Event: 1234, For: 16 * time.Second}}},
+		{Done: 2, Total: 2},
+		{Done: 2, Total: 3},
+		{Done: 3, Total: 3},
+	} {
+		p.update(pr)
+	}
+	want = "replay: 1/2 letters\n" +
+		"replay: waiting 1s for a worker to settle letter 17 of enrollment/dev-1 (events #1234)\n" +
+		"replay: waiting 16s for a worker to settle letter 17 of enrollment/dev-1 (events #1234)\n" +
+		"replay: 2/2 letters\n" +
+		"replay: 3/3 letters\n"
+	if b.String() != want {
+		t.Errorf("plain progress with a wait:\ngot\n%s\nwant\n%s", b.String(), want)
 	}
 }
 
@@ -306,6 +355,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"list", "--bogus"}, 2, "flag provided but not defined: -bogus"},
 		{[]string{"list", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"replay", "--as", "upsert"}, 2, `--as: "upsert" is not one of create, update, updateIfMatchETag, delete`},
+		{[]string{"replay", "--wait", "0s"}, 2, `--wait: 0s is not positive`},
 		{[]string{"show"}, 2, "want one sequence number"},
 		{[]string{"show", "abc"}, 2, `"abc" is not a sequence number`},
 		{[]string{"show", "999"}, 1, "dlq show: dead letter 999: not found"},
