@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dpsync/dpsync/internal/dlq"
+	"github.com/dpsync/dpsync/internal/dlq/dlqtest"
 )
 
 // subprocessArgs names the environment variable that turns the test binary into the
@@ -63,6 +64,9 @@ func TestReplayKilledHalfWayThenRerun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The worker's part of the replay protocol: a replay waits for each letter's event to
+	// be settled (the letter removed) before the key's next letter.
+	dlqtest.StartSettler(t, js, dlqtest.SettlerOptions{})
 	pub, err := dlq.NewPublisher(js, dlq.PublisherOptions{WorkerID: "w"})
 	if err != nil {
 		t.Fatal(err)
