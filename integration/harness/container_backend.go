@@ -135,13 +135,14 @@ func (b *ContainerBackend) engine(ctx context.Context) (*testcontainers.DockerCl
 func PingDocker(ctx context.Context) (*testcontainers.DockerClient, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	const where = "DOCKER_HOST, ~/.testcontainers.properties, the docker context, the default sockets"
 	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("container backend: %w: %w", ErrNoEngine, err)
+		return nil, fmt.Errorf("container backend: %w (looked at %s): %w", ErrNoEngine, where, err)
 	}
 	if _, err := cli.Ping(ctx, client.PingOptions{}); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("container backend: %w: %w", ErrNoEngine, err)
+		return nil, fmt.Errorf("container backend: %w (looked at %s): %w", ErrNoEngine, where, err)
 	}
 	return cli, nil
 }

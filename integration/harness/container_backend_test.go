@@ -125,7 +125,10 @@ func TestContainerNodeConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o, err := server.ProcessConfigFile(path2); err != nil || o.SyncAlways || o.SyncInterval != 2*time.Minute {
-		t.Errorf("sync_interval 2m: err %v, options %+v", err, o)
+		if o == nil {
+			t.Fatalf("sync_interval 2m: %v", err)
+		}
+		t.Errorf("sync_interval 2m: err %v, always %v, interval %v", err, o.SyncAlways, o.SyncInterval)
 	}
 }
 
