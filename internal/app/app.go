@@ -90,6 +90,7 @@ func Run(ctx context.Context, o Options) error {
 		Retry:       o.Retry,
 		KeepAlive:   keepAliveFor(o.Consumer.AckWait),
 		Successor:   successorIn(stream),
+		Budget:      fleet.pace.Available,
 		Fence:       fleet.fence,
 		WorkerID:    o.WorkerID,
 		Logger:      o.Logger.With("component", "consumer"),

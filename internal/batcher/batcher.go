@@ -382,9 +382,13 @@ func (b *Batcher) ready(h *entryHeap, now time.Time) bool {
 
 // Ready returns the batches to dispatch now, oldest group first, while fewer than MaxInFlight
 // batches are out, and marks their keys in flight. Each batch must be passed to Finish.
-func (b *Batcher) Ready(now time.Time) []Batch {
+func (b *Batcher) Ready(now time.Time) []Batch { return b.ReadyN(now, b.cfg.MaxInFlight) }
+
+// ReadyN is Ready returning at most n batches (a caller whose calls are rationed takes only
+// as many batches as it can send now; the others keep filling).
+func (b *Batcher) ReadyN(now time.Time, n int) []Batch {
 	var out []Batch
-	for len(b.inFlight) < b.cfg.MaxInFlight {
+	for len(b.inFlight) < b.cfg.MaxInFlight && len(out) < n {
 		var best *entryHeap
 		var bestKey groupKey
 		for gk, h := range b.groups {

@@ -489,3 +489,19 @@ func BenchmarkAddReady(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
 }
+
+// TestReadyN: a caller whose calls are rationed takes only n batches; the other groups keep
+// their entries (and keep filling) for later.
+func TestReadyN(t *testing.T) {
+	b := mustNew(t, Config{Linger: time.Millisecond, MaxInFlight: 8})
+	for i := range 30 {
+		mustAdd(t, b, t0, fmt.Sprint("k", i), OpCreate, i)
+	}
+	if got := b.ReadyN(t0.Add(time.Second), 0); len(got) != 0 {
+		t.Fatalf("ReadyN(0): got %d batches, want none", len(got))
+	}
+	got := b.ReadyN(t0.Add(time.Second), 2)
+	if len(got) != 2 || b.Pending() != 10 {
+		t.Fatalf("ReadyN(2): got %d batches and %d pending, want 2 and 10", len(got), b.Pending())
+	}
+}

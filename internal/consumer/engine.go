@@ -151,6 +151,11 @@ type Options struct {
 	// it) with a sequence above after; found is false when there is none. The engine uses
 	// it to read a redelivered create's next events of its key (applier.Item.Later).
 	Successor func(ctx context.Context, subject string, after uint64) (data []byte, seq uint64, found bool, err error)
+	// Budget, if set, says how many DPS calls the worker may make right now and, when none,
+	// how long until the next: the engine forms only that many new batches and lets the rest
+	// keep filling (and coalescing) in the batcher, instead of forming them to wait for the
+	// budget with what they hold. Nil: no limit.
+	Budget func() (n int, wait time.Duration)
 	// Fence reports whether the worker still owns partition p at epoch; nil = always.
 	Fence func(p int, epoch uint64) bool
 	// WorkerID names this worker in dead letters.
@@ -314,6 +319,8 @@ type Engine struct {
 	// event of the key, in order, until a check succeeds (nothing of the key may pass them).
 	unchecked map[string][]*msgState
 	nextCheck time.Time
+	// budgetWake is when the DPS budget allows the next batch (zero: not waiting for it).
+	budgetWake time.Time
 	// settled remembers recently settled events (stream sequence → when), see accept.
 	settled    *settledSet
 	inFlight   int
@@ -452,6 +459,9 @@ func (e *Engine) nextWake(now time.Time) time.Duration {
 	wait := time.Hour
 	if d, ok := e.b.UntilNext(now); ok && d < wait {
 		wait = d
+		if !e.budgetWake.IsZero() && now.Before(e.budgetWake) {
+			wait = max(wait, e.budgetWake.Sub(now)) // ready, but the budget is not
+		}
 	}
 	for _, r := range e.retries {
 		if r.due.IsZero() {
@@ -690,7 +700,15 @@ func (e *Engine) keepAlive(now time.Time) {
 }
 
 func (e *Engine) dispatchReady(ctx context.Context, now time.Time) {
-	for _, b := range e.b.Ready(now) {
+	ready := e.b.Config().MaxInFlight
+	if e.opts.Budget != nil && !e.stopping {
+		n, wait := e.opts.Budget()
+		ready = min(ready, n)
+		if n == 0 {
+			e.budgetWake = now.Add(wait)
+		}
+	}
+	for _, b := range e.b.ReadyN(now, ready) {
 		e.inFlight++
 		e.opts.Metrics.inFlight(ctx, 1)
 		e.wg.Add(1)

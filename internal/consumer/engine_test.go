@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -788,5 +789,38 @@ func TestEngineRemovesReplayedLetters(t *testing.T) {
 	}
 	if letters := dl.snapshot(); len(letters) != 1 || letters[0].EventID != "2" {
 		t.Fatalf("new letters: got %+v, want one, for event 2", letters)
+	}
+}
+
+// TestEngineFormsBatchesWithinTheBudget: while the DPS budget allows no call, the engine
+// forms no batch: a create waiting for budget still folds in the update that arrives after
+// it (one call with the update's content), where a batch formed at once would have sent the
+// create alone and the update after it.
+func TestEngineFormsBatchesWithinTheBudget(t *testing.T) {
+	var open atomic.Bool
+	budget := func() (int, time.Duration) {
+		if open.Load() {
+			return 1, 0
+		}
+		return 0, 20 * time.Millisecond
+	}
+	fa := newFakeApplier(nil)
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Budget: budget, Batcher: batcher.Config{Coalesce: true}})
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1})
+	time.Sleep(100 * time.Millisecond) // well past the rig's 5 ms linger
+	r.publish(testEvent{ID: "2", Key: "k", Op: "update", V: 2})
+	time.Sleep(100 * time.Millisecond)
+	fa.mu.Lock()
+	calls := fa.calls
+	fa.mu.Unlock()
+	if calls != 0 {
+		t.Fatalf("%d DPS calls without budget, want 0", calls)
+	}
+	open.Store(true)
+	r.waitAcked(10 * time.Second)
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if got := strings.Join(fa.log["k"], ","); got != "create:2" || fa.calls != 1 {
+		t.Fatalf("key k applied as %q in %d calls, want create:2 in 1 (create and update folded)", got, fa.calls)
 	}
 }

@@ -188,6 +188,24 @@ func (p *Pacer) Wait(ctx context.Context, n int) error {
 	}
 }
 
+// Available returns how many operations this worker may make right now (whole tokens in
+// the bucket) and, when none, how long until the next one is earned. It takes nothing: a
+// caller uses it to decide when to prepare work (a batch), and Wait when it sends. Unlimited:
+// a large n.
+func (p *Pacer) Available() (n int, wait time.Duration) {
+	if p.Unlimited() {
+		return math.MaxInt32, 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	perSec, _ := p.refill(p.o.Clock.Now())
+	if p.tokens >= 1 {
+		return int(p.tokens), 0
+	}
+	// Rounded up: after the wait the token is there.
+	return 0, max(time.Duration(math.Ceil((1-p.tokens)/perSec*float64(time.Second))), time.Millisecond)
+}
+
 // OnThrottle reports a 429 from DPS: the factor halves (at most once per CutEvery) and the
 // bucket empties.
 func (p *Pacer) OnThrottle() {

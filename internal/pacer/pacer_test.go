@@ -344,3 +344,34 @@ func TestAIMDAdaptsToALowerRealQuota(t *testing.T) {
 		}
 	})
 }
+
+// TestAvailable: how many calls the worker may make now, without taking them, and how long
+// until the next when none.
+func TestAvailable(t *testing.T) {
+	p, clk := newFake(t, Options{Budget: 1200}) // one worker: 20/s, burst 20
+	if n, wait := p.Available(); n != 0 || wait <= 0 {
+		t.Fatalf("empty bucket: got n %d wait %v, want 0 and a positive wait", n, wait)
+	}
+	_, wait := p.Available()
+	clk.advance(wait)
+	if n, _ := p.Available(); n != 1 {
+		t.Fatalf("after the wait it named: got n %d, want 1", n)
+	}
+	if n, _ := p.Available(); n != 1 {
+		t.Fatalf("Available took a token: got n %d on the second look, want 1", n)
+	}
+	clk.advance(10 * time.Second)
+	if n, _ := p.Available(); n != 20 {
+		t.Fatalf("full bucket: got n %d, want the burst 20", n)
+	}
+	if err := p.Wait(context.Background(), 5); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := p.Available(); n != 15 {
+		t.Fatalf("after Wait(5): got n %d, want 15", n)
+	}
+	u, _ := newFake(t, Options{})
+	if n, wait := u.Available(); n < 1_000_000 || wait != 0 {
+		t.Fatalf("unlimited: got n %d wait %v, want plenty and 0", n, wait)
+	}
+}
