@@ -2,6 +2,7 @@ package dlq
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -160,14 +161,20 @@ func TestRedriveSettlesBeforeTheNextLetter(t *testing.T) {
 	events := dlqtest.EventsStream(t, e.js, "", time.Hour)
 	var mu sync.Mutex
 	var pending []uint64
+	var gone []string
 	dlqtest.StartSettler(t, e.js, dlqtest.SettlerOptions{Handle: func(ctx context.Context, m jetstream.Msg) error {
 		meta, err := m.Metadata()
 		if err != nil {
 			return err
 		}
+		of, _ := strconv.ParseUint(m.Headers().Get(HeaderReplayOf), 10, 64)
+		_, err = e.st.Get(ctx, of)
 		mu.Lock()
+		defer mu.Unlock()
 		pending = append(pending, meta.NumPending)
-		mu.Unlock()
+		if err != nil {
+			gone = append(gone, fmt.Sprintf("letter %d: gone before the worker settled its event (%v)", of, err))
+		}
 		return nil
 	}})
 	r, err := NewRedriver(RedriverOptions{JS: e.js, Settle: 10 * time.Second})
@@ -195,6 +202,9 @@ func TestRedriveSettlesBeforeTheNextLetter(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	for _, g := range gone {
+		t.Error(g)
+	}
 	for i, n := range pending {
 		if n != 0 {
 			t.Errorf("event %d: %d events behind it when the worker took it, want 0 (the next one goes out after it settled)", i, n)
