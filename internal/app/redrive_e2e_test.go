@@ -80,7 +80,7 @@ func (s *stack) lettersOf(key string) []dlq.Letter {
 
 // The worker's automatic redrive, on the worker's own clock option: a transient letter
 // (DPS answers 503) waits its schedule, is redriven when due and removed once DPS
-// recovers; a letter that keeps failing is redriven RedriveLimit times (more than the
+// recovers, the device's newer update held behind it applied after it; a letter that keeps failing is redriven RedriveLimit times (more than the
 // schedule has entries: the limit is wired, not the schedule's length) and then parked as
 // permanent with every failure in its history. Time is the fake clock's: the test moves
 // it, the redriver never waits on the wall clock.
@@ -151,17 +151,22 @@ func TestRedriveOnScheduleWithFakeClock(t *testing.T) {
 	if first.Class != dlq.ClassTransient || first.Status != 503 || first.Redrives != 0 {
 		t.Fatalf("letter: class %s status %d redrives %d, want transient 503 0", first.Class, first.Status, first.Redrives)
 	}
+	// A newer update of the device follows the letter as a held letter.
+	s.publish(event.NewEnrollment(dps.BulkModeUpdate, tagged("flaky-1", 2)))
+	waitUntil(t, "held update of flaky-1", 30*time.Second, func() bool { return len(s.lettersOf("enrollment/flaky-1")) == 2 })
 	setFaults(t, s, emulator.Faults{}) // DPS is back, but the letter is not due yet
 	pass(first.When().Add(schedule[0] - time.Second))
-	if ls := s.lettersOf("enrollment/flaky-1"); len(ls) != 1 || ls[0].Seq != first.Seq {
-		t.Fatalf("a second before due: letters %+v, want the letter untouched", ls)
+	if ls := s.lettersOf("enrollment/flaky-1"); len(ls) != 2 || ls[0].Seq != first.Seq || ls[1].Class != dlq.ClassHeld {
+		t.Fatalf("a second before due: letters %+v, want the letter and the held update untouched", ls)
 	}
 	if _, ok := s.enrollments()["flaky-1"]; ok {
 		t.Fatal("a second before due: flaky-1 is on DPS already")
 	}
+	// Due: the create is redriven and settled, then the held update; in that order, so
+	// the update's tag stays.
 	pass(first.When().Add(schedule[0]))
-	settle("flaky-1 applied after its redrive", func() bool {
-		return tagOf(s.enrollments()["flaky-1"]) == 1 && len(s.lettersOf("enrollment/flaky-1")) == 0
+	settle("flaky-1 applied after its redrive, then its held update", func() bool {
+		return tagOf(s.enrollments()["flaky-1"]) == 2 && len(s.lettersOf("enrollment/flaky-1")) == 0
 	})
 
 	// 2. DPS keeps failing: redriven limit times, then parked with its history.
