@@ -36,37 +36,58 @@
 // letters removed by another process (a replay, purge, redrive) do not hold a key for ever.
 // HoldContinue lets later events pass instead; see HoldPolicy for the price.
 //
+// # Replay protocol
+//
+// Replay and redrive republish a letter's body to its Dpsync-Origin-Subject with
+// Nats-Msg-Id "replay.<dlq seq>", Dpsync-Replay-Of and Dpsync-Position, and wait for the
+// events stream's PubAck. They do not remove the letter: the worker that settles the
+// event (applies it, or dead-letters it again under a new letter) removes the letter named
+// by Dpsync-Replay-Of before it acknowledges the event. The republisher polls the letter
+// until it is gone, and only then republishes the key's next letter. So while a replayed
+// event is not settled, its letter still holds the key: a newer event of the key that
+// waits in the events stream ahead of the replay (a backlog) is held behind the letter
+// instead of being applied first, and the replay comes back for it (Replay reads the key
+// again once its letters are settled and replays the held letters at its head, round after
+// round, up to ReplayOptions.Rounds). A letter whose event was dead-lettered again is told
+// by its new letter, whose Dpsync-Origin-Seq is the republished event's sequence
+// (DeadLetteredAgainError); the key stops there, its held letters staying behind the new
+// letter. The wait for a worker is bounded (ReplayOptions.Wait, default 2 min;
+// RedriverOptions.Settle): a letter not settled in time stops its key (NotSettledError), and
+// the other keys, replayed concurrently, go on.
+//
 // # Redrive
 //
 // Each worker runs a Redriver over the keys of the partitions it owns. The first letter
 // of a key, if transient, is redriven when Schedule[redrives] (default 1 min, 5 min,
 // 30 min, 2 h) has passed since its last failure: it and the held letters right behind it
-// are republished to their origin subjects in order, as in a replay, with the redrive count
-// and history on the event. If DPS fails again the worker's new letter carries count+1 and
-// the history. A letter whose count reached MaxRedrives (default the schedule's length) is
-// parked: replaced by a permanent letter whose Dpsync-History lists every failure.
+// are republished to their origin subjects in order, each once the one before was settled,
+// with the redrive count and history on the event. If DPS fails again the worker's new
+// letter carries count+1 and the history. A letter whose count reached MaxRedrives
+// (default the schedule's length) is parked: replaced by a permanent letter whose
+// Dpsync-History lists every failure. A redriven letter not settled within Settle is left
+// to a later pass, which does not republish it while its event is still in the events
+// stream.
 //
 // A held letter with no letter of its key ahead of it (the letter it followed was purged,
-// or replayed while the event was being held, so the replay did not select it) is
-// released at the next pass: it and the held letters behind it are republished in order,
-// without counting a redrive. Otherwise it would hold its key for ever.
+// or replayed without it: --no-followers, or a replay interrupted before it came back for
+// the letters held meanwhile) is released at the next pass: it and the held letters behind
+// it are republished in order, without counting a redrive. Otherwise it would hold its key
+// for ever.
 //
 // # Replay safety
 //
-// Replay (and redrive) republish a letter's body to its Dpsync-Origin-Subject with
-// Nats-Msg-Id "replay.<dlq seq>", Dpsync-Replay-Of and Dpsync-Position, wait for the
-// events stream's PubAck, and only then delete the letter. Hence:
-//
-//   - none is lost: a letter disappears only after its event is stored again;
+//   - none is lost: a letter disappears only after its event was stored again and settled;
 //   - the duplicate window does not swallow a replay: its id differs from the event's own
 //     id, which may still be in the window;
-//   - a re-run after an interruption does not double a letter: a letter republished but
-//     not yet deleted is republished with the same derived id and dropped as a duplicate
-//     (within the events stream's duplicate window; beyond it the second copy re-applies
-//     the same change, while the still-present letter kept later events of the key held,
-//     and the worker's idempotent apply makes it a no-op);
 //   - order per key holds: a key's letters go out one at a time in position order, each
-//     after the previous one's PubAck and deletion, never past a letter of the key that
-//     failed to go out, and the worker holds a replayed event behind any letter of its key
-//     with a lower position that is still in the stream.
+//     after the previous one was settled, never past a letter of the key that failed to go
+//     out or was not settled, and while a letter is there the worker holds every newer
+//     event of its key behind it;
+//   - a re-run after an interruption (or a wait that ran out) does not double a letter
+//     within the events stream's duplicate window: a letter republished but not yet
+//     settled is republished with the same derived id, dropped as a duplicate, and waited
+//     for again. Beyond the window the second copy is stored: once the first was settled
+//     (the letter gone) it applies the same change again, which undoes a newer event of the
+//     key applied between the two copies. Re-run once a worker has taken the first copy
+//     (the letter is gone then and nothing is republished), or within the window.
 package dlq

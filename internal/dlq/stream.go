@@ -221,11 +221,9 @@ func scan(ctx context.Context, s jetstream.Stream, from uint64, headersOnly bool
 	}
 }
 
-// deleteLetter removes the letter at seq. It returns errGone if the letter was already
-// gone (removed by someone else): the server's refusal does not carry a typed error, so
-// that case is told apart by reading the sequence.
 // RemoveLetter removes the letter at seq from the dead-letter stream s. A letter that is
-// gone already is not an error.
+// gone already is not an error. The worker calls it when it settled the replay of that
+// letter (the event's Dpsync-Replay-Of), before it acknowledges the event.
 func RemoveLetter(ctx context.Context, s jetstream.Stream, seq uint64) error {
 	if err := deleteLetter(ctx, s, seq); err != nil && !errors.Is(err, errGone) {
 		return err
@@ -233,6 +231,9 @@ func RemoveLetter(ctx context.Context, s jetstream.Stream, seq uint64) error {
 	return nil
 }
 
+// deleteLetter removes the letter at seq. It returns errGone if the letter was already
+// gone (removed by someone else): the server's refusal does not carry a typed error, so
+// that case is told apart by reading the sequence.
 func deleteLetter(ctx context.Context, s jetstream.Stream, seq uint64) error {
 	err := s.DeleteMsg(ctx, seq)
 	if err == nil {
