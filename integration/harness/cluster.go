@@ -105,7 +105,7 @@ listen: 127.0.0.1:%d
 http: 127.0.0.1:%d
 jetstream {
   store_dir: %q
-  sync_interval: %s
+  sync_interval: %q
   max_memory_store: 256MB
   max_file_store: 4GB
 }
