@@ -83,7 +83,8 @@ commands:
   list          list dead letters (SEQ AGE KEY OP CLASS CODE REASON)
   show SEQ      one letter with its history and the event (secrets masked)
   stats         counts by class, code and age
-  replay        republish letters to their origin subjects, per key in order
+  replay        republish letters to their origin subjects, per key in order, each
+                once a worker settled the one before (--wait, default 2m)
   purge         delete letters (asks first unless --yes)
 
 filters (list, stats, replay, purge):

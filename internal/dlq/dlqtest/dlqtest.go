@@ -92,8 +92,9 @@ type SettlerOptions struct {
 	DLQ string
 	// Handle, if set, is called with every event before its letter is removed: the test
 	// plays the worker's outcome there, e.g. publishes the new letter of an event that fails
-	// again. An error leaves the event unacknowledged and its letter in place; the event is
-	// delivered again.
+	// again. Events are handled one at a time, in stream order. An error leaves the event
+	// unacknowledged and its letter in place; the event comes back 20 ms later, and the
+	// events behind it are handled meanwhile.
 	Handle func(ctx context.Context, m jetstream.Msg) error
 }
 
@@ -180,7 +181,7 @@ func StartSettler(t testing.TB, js jetstream.JetStream, opts SettlerOptions) *Se
 func (s *Settler) handle(ctx context.Context, dlq jetstream.Stream, m jetstream.Msg, h func(context.Context, jetstream.Msg) error) {
 	if h != nil {
 		if err := h(ctx, m); err != nil {
-			_ = m.Nak()
+			_ = m.NakWithDelay(20 * time.Millisecond)
 			return
 		}
 	}
@@ -189,7 +190,7 @@ func (s *Settler) handle(ctx context.Context, dlq jetstream.Stream, m jetstream.
 		if err == nil && seq > 0 {
 			if err := dlq.DeleteMsg(ctx, seq); err != nil {
 				if _, gerr := dlq.GetMsg(ctx, seq); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
-					_ = m.Nak()
+					_ = m.NakWithDelay(20 * time.Millisecond)
 					return
 				}
 			}
