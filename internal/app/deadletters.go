@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -81,4 +82,16 @@ func (d *deadLetters) Settled(ctx context.Context, key string, seq uint64) error
 	}
 	d.index.Remove(key, seq)
 	return nil
+}
+
+// LetterExists implements consumer.DeadLetters.
+func (d *deadLetters) LetterExists(ctx context.Context, seq uint64) (bool, error) {
+	_, err := d.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up dead letter %d: %w", seq, err)
+	}
+	return true, nil
 }

@@ -100,6 +100,12 @@ type DeadLetters interface {
 	// settled (applied, or dead-lettered again under a new letter). Removing a letter that is
 	// gone already is not an error.
 	Settled(ctx context.Context, key string, letterSeq uint64) error
+	// LetterExists reports whether the dead-letter stream still holds the letter at
+	// letterSeq. A replayed event is applied only while its letter exists: the first copy's
+	// settlement removes it, so a later copy (a replay re-run after the stream's duplicate
+	// window) is dropped instead of applied again behind newer events; purging a letter
+	// cancels its replay.
+	LetterExists(ctx context.Context, letterSeq uint64) (bool, error)
 }
 
 // Applier applies a batch of items of one kind and operation.
@@ -302,10 +308,10 @@ type Engine struct {
 
 	in      chan inbound
 	done    chan batchDone
-	keyDone chan followDone  // keys whose held followers were dead-lettered
-	lone    chan []*msgState // events dead-lettered outside a batch (invalid, held)
-	ctl     chan func()      // work from other goroutines run in the loop
-	quit    chan struct{}    // closed when Run returns: readers stop sending
+	keyDone chan followDone // keys whose held followers were dead-lettered
+	lone    chan loneDone   // events dead-lettered outside a batch (invalid, held)
+	ctl     chan func()     // work from other goroutines run in the loop
+	quit    chan struct{}   // closed when Run returns: readers stop sending
 	stopReq chan struct{}
 	stopped chan struct{}
 	stopOne sync.Once
@@ -319,6 +325,9 @@ type Engine struct {
 	// event of the key, in order, until a check succeeds (nothing of the key may pass them).
 	unchecked map[string][]*msgState
 	nextCheck time.Time
+	// blocked counts, per key, letters being stored outside a batch (invalid or held events):
+	// the key's later events are parked until they are stored.
+	blocked map[string]int
 	// budgetWake is when the DPS budget allows the next batch (zero: not waiting for it).
 	budgetWake time.Time
 	// settled remembers recently settled events (stream sequence → when), see accept.
@@ -353,7 +362,7 @@ func NewEngine(opts Options) (*Engine, error) {
 		in:         make(chan inbound, 256),
 		done:       make(chan batchDone, 64),
 		keyDone:    make(chan followDone, 64),
-		lone:       make(chan []*msgState, 64),
+		lone:       make(chan loneDone, 64),
 		ctl:        make(chan func(), 16),
 		quit:       make(chan struct{}),
 		stopReq:    make(chan struct{}),
@@ -363,6 +372,7 @@ func NewEngine(opts Options) (*Engine, error) {
 		retries:    make(map[string]*retryState),
 		perPart:    make(map[int]int),
 		unchecked:  make(map[string][]*msgState),
+		blocked:    make(map[string]int),
 		settled:    newSettledSet(opts.StaleWindow),
 		parts:      make(map[int]*partitionReader),
 	}, nil
@@ -439,11 +449,12 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.untrack(st)
 			}
 			e.b.Release(f.key)
-		case sts := <-e.lone:
+		case d := <-e.lone:
 			e.background--
-			for _, st := range sts {
+			for _, st := range d.sts {
 				e.untrack(st)
 			}
+			e.unblock(d.key, e.opts.Now())
 		case fn := <-e.ctl:
 			fn()
 		case <-keepAlive.C:
@@ -518,7 +529,7 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 			defer e.wg.Done()
 			e.ack(ctx, st)
 			select {
-			case e.lone <- nil:
+			case e.lone <- loneDone{}:
 			case <-ctx.Done():
 			}
 		}()
@@ -571,8 +582,11 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		e.deadLetterAsync(ctx, []*msgState{st}, l)
 		return
 	}
-	if q, parked := e.unchecked[dec.Key]; parked {
-		e.unchecked[dec.Key] = append(q, st) // behind the key's unchecked events
+	if q, parked := e.unchecked[dec.Key]; parked || e.blocked[dec.Key] > 0 {
+		e.unchecked[dec.Key] = append(q, st) // behind the key's unchecked events, or its letter in flight
+		if !parked && e.nextCheck.IsZero() {
+			e.nextCheck = now.Add(e.opts.HoldCheckRetry)
+		}
 		return
 	}
 	if !e.checkHold(ctx, st, now) {
@@ -609,6 +623,22 @@ func keyNoun(key string) string {
 // dead-letter stream holds an earlier letter of the key. It returns false, doing nothing,
 // when the check could not be made: the caller parks st and retries later, in order.
 func (e *Engine) checkHold(ctx context.Context, st *msgState, now time.Time) bool {
+	if st.replayOf != 0 {
+		cctx, cancel := context.WithTimeout(ctx, e.opts.HoldCheckTimeout)
+		exists, err := e.opts.DeadLetters.LetterExists(cctx, st.replayOf)
+		cancel()
+		if err != nil {
+			e.opts.Logger.Warn("checking a replayed event's letter failed; the key waits and is checked again",
+				"key", st.dec.Key, "letter", st.replayOf, "err", err)
+			return false
+		}
+		if !exists {
+			e.opts.Logger.Info("replayed event dropped: its letter is gone (settled by an earlier copy, or purged)",
+				"key", st.dec.Key, "letter", st.replayOf, "seq", st.seq)
+			e.dropSettled(ctx, st)
+			return true
+		}
+	}
 	if e.opts.HoldPolicy == HoldFollow {
 		cctx, cancel := context.WithTimeout(ctx, e.opts.HoldCheckTimeout)
 		reason, held, err := e.opts.DeadLetters.Held(cctx, st.dec.Key, st.position)
@@ -638,6 +668,9 @@ func (e *Engine) checkHold(ctx context.Context, st *msgState, now time.Time) boo
 // the batcher has room.
 func (e *Engine) recheckHolds(ctx context.Context, now time.Time) {
 	for key, q := range e.unchecked {
+		if e.blocked[key] > 0 {
+			continue // a letter of the key is being stored: its events wait for it
+		}
 		for len(q) > 0 {
 			st := q[0]
 			if _, ok := e.held[st]; !ok { // dropped meanwhile
@@ -653,6 +686,9 @@ func (e *Engine) recheckHolds(ctx context.Context, now time.Time) {
 				break
 			}
 			q = q[1:]
+			if e.blocked[key] > 0 {
+				break // st went after a letter that is being stored: the rest waits for it
+			}
 		}
 		if len(q) == 0 {
 			delete(e.unchecked, key)
@@ -1032,9 +1068,14 @@ func (e *Engine) letter(st *msgState, class string, o applier.Outcome, attempts 
 	return l
 }
 
-// deadLetterAsync publishes l for sts outside the loop and acks them.
+// deadLetterAsync publishes l for sts outside the loop and acks them. Until the letter is
+// stored, later events of its key wait (parked in order, see accept): checked before, they
+// would not see the letter and could pass it.
 func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter) {
 	e.background++
+	if l.Key != "" {
+		e.blocked[l.Key]++
+	}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -1042,10 +1083,47 @@ func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter)
 			e.ackAll(ctx, sts)
 		}
 		select {
-		case e.lone <- sts:
+		case e.lone <- loneDone{sts: sts, key: l.Key}:
 		case <-ctx.Done():
 		}
 	}()
+}
+
+// dropSettled acknowledges st without applying it (its outcome was settled elsewhere).
+func (e *Engine) dropSettled(ctx context.Context, st *msgState) {
+	e.background++
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		st.replayOf = 0 // nothing to remove
+		e.ack(ctx, st)
+		select {
+		case e.lone <- loneDone{sts: []*msgState{st}}:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// loneDone reports events dead-lettered outside a batch; key was blocked for them.
+type loneDone struct {
+	sts []*msgState
+	key string
+}
+
+// unblock ends one wait of key for a letter being stored; when none is left, the key's
+// parked events are checked at once.
+func (e *Engine) unblock(key string, now time.Time) {
+	if key == "" || e.blocked[key] == 0 {
+		return
+	}
+	e.blocked[key]--
+	if e.blocked[key] > 0 {
+		return
+	}
+	delete(e.blocked, key)
+	if len(e.unchecked[key]) > 0 {
+		e.nextCheck = now
+	}
 }
 
 type followDone struct {

@@ -118,9 +118,13 @@ type fakeDLQ struct {
 	settled       []string // key#letter of replayed events settled
 	settleFailN   int      // fail the next settleFailN removals
 	onSettle      func()   // called on each successful removal, under the lock
+	beforePublish func(Letter)
 }
 
 func (d *fakeDLQ) Publish(_ context.Context, l Letter) error {
+	if d.beforePublish != nil {
+		d.beforePublish(l)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failN > 0 {
@@ -158,6 +162,17 @@ func (d *fakeDLQ) Settled(_ context.Context, key string, seq uint64) error {
 	}
 	d.settled = append(d.settled, fmt.Sprintf("%s#%d", key, seq))
 	return nil
+}
+
+func (d *fakeDLQ) LetterExists(_ context.Context, seq uint64) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range d.settled {
+		if strings.HasSuffix(s, fmt.Sprintf("#%d", seq)) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (d *fakeDLQ) snapshot() []Letter {
@@ -822,5 +837,88 @@ func TestEngineFormsBatchesWithinTheBudget(t *testing.T) {
 	defer fa.mu.Unlock()
 	if got := strings.Join(fa.log["k"], ","); got != "create:2" || fa.calls != 1 {
 		t.Fatalf("key k applied as %q in %d calls, want create:2 in 1 (create and update folded)", got, fa.calls)
+	}
+}
+
+// TestEngineLaterEventWaitsForAnInvalidEventsLetter: an invalid event's letter is stored
+// outside a batch. Until it is stored the hold check cannot see it, so the key's next event
+// must wait for it — and then follow it into the dead-letter stream — rather than be applied
+// (seen in TestFreezeWorkerNode when a frozen node delayed the letter).
+func TestEngineLaterEventWaitsForAnInvalidEventsLetter(t *testing.T) {
+	gate := make(chan struct{})
+	var gateOnce sync.Once
+	open := func() { gateOnce.Do(func() { close(gate) }) }
+	fa := newFakeApplier(nil)
+	dl := &fakeDLQ{beforePublish: func(l Letter) {
+		if l.Class == ClassInvalid {
+			<-gate // the dead-letter stream is slow
+		}
+	}}
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl, HoldCheckRetry: 10 * time.Millisecond})
+	t.Cleanup(open) // registered after the rig's, so it runs first: the engine can stop
+	r.publishRaw("k", []byte("not json"))
+	r.publish(testEvent{ID: "2", Key: "k", Op: "create", V: 2}, testEvent{ID: "3", Key: "other", Op: "create", V: 3})
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the other key is not held up
+		fa.mu.Lock()
+		n := len(fa.log["other"])
+		fa.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other key was not applied while k waited")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fa.mu.Lock()
+	applied := len(fa.log["k"])
+	fa.mu.Unlock()
+	if applied != 0 {
+		t.Fatalf("k's create was applied while the invalid event's letter was not stored yet")
+	}
+	open()
+	r.waitAcked(10 * time.Second)
+	var classes []string
+	for _, l := range dl.snapshot() {
+		classes = append(classes, l.Key+":"+l.Class)
+	}
+	slices.Sort(classes)
+	if want := []string{"enrollment/k:held", "enrollment/k:invalid"}; !slices.Equal(classes, want) {
+		t.Fatalf("letters: got %v, want %v", classes, want)
+	}
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if len(fa.log["k"]) != 0 {
+		t.Fatalf("k applied as %v, want nothing (its create follows the invalid event)", fa.log["k"])
+	}
+}
+
+// TestEngineAppliesAReplayOnce: a replay re-run after the stream's duplicate window stores a
+// second copy of the replayed event. The first copy's settlement removed the letter; the
+// second finds it gone and is acknowledged without being applied (applied, it would undo
+// newer events of the key applied in between).
+func TestEngineAppliesAReplayOnce(t *testing.T) {
+	fa := newFakeApplier(nil)
+	dl := &fakeDLQ{}
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl})
+	replay := func(id string) {
+		b, _ := json.Marshal(testEvent{ID: id, Key: "k", Op: "create", V: 1})
+		m := &nats.Msg{Subject: "dpsync.events.enrollment.k", Data: b, Header: nats.Header{}}
+		m.Header.Set(HeaderReplayOf, "7")
+		if _, err := r.js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replay("copy-1")
+	r.waitAcked(10 * time.Second)
+	r.publish(testEvent{ID: "2", Key: "k", Op: "update", V: 2}) // newer, applied
+	r.waitAcked(10 * time.Second)
+	replay("copy-2")
+	r.waitAcked(10 * time.Second)
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if got, want := strings.Join(fa.log["k"], ","), "create:1,update:2"; got != want {
+		t.Fatalf("key k applied as %s, want %s (the second copy of the replay dropped)", got, want)
 	}
 }
