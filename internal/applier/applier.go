@@ -10,9 +10,11 @@
 //     with that etag instead (a stale guess costs one failed item and the PUT fallback).
 //     PUT If-Match: * on an absent id answers 404, then a plain PUT creates it.
 //   - delete of an absent id (404201 / 404204) is applied: the desired state is reached.
-//   - a redelivered create answered 409201, or a redelivered updateIfMatchETag answered 412,
-//     costs one GET: when DPS already holds the event's content, the item counts as applied
-//     (the first delivery applied it and the worker died before the ack). A create may also
+//   - a create answered 409201, or an updateIfMatchETag answered 412, costs one GET: when
+//     DPS already holds the event's content, the item counts as applied (an earlier
+//     delivery, an engine retry or azcore's retry of the same call applied it, and the
+//     answer was lost: a worker died before the ack, a 503 or a dropped connection after
+//     DPS applied it). A redelivered create may also
 //     have been applied merged with the updates that followed it (batcher rule R2) by a
 //     worker that died before the ack; its successor may see the create alone. So a
 //     redelivered create also counts as applied when DPS holds the content of one of the
@@ -427,8 +429,11 @@ func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome
 	case it.Op == dps.BulkModeDelete && status == http.StatusNotFound:
 		a.known.set(cacheKey(it), idState{exists: -1})
 		return Outcome{Class: Applied}
-	case it.Redelivered && ((it.Op == dps.BulkModeCreate && status == http.StatusConflict) ||
-		(it.Op == dps.BulkModeUpdateIfMatchETag && status == http.StatusPreconditionFailed)):
+	case (it.Op == dps.BulkModeCreate && status == http.StatusConflict) ||
+		(it.Op == dps.BulkModeUpdateIfMatchETag && status == http.StatusPreconditionFailed):
+		// The write may be ours: an earlier delivery, an engine retry, or azcore's own retry
+		// of this very call after an answer was lost (applied, then 503 or a dropped
+		// connection) — the applier cannot tell, so it looks (one GET, on an error path).
 		if a.alreadyHolds(ctx, it) {
 			return Outcome{Class: Applied}
 		}

@@ -162,11 +162,20 @@ func TestApply(t *testing.T) {
 			wantCalls: "bulk-create[a,b]",
 		},
 		{
-			name:      "a create of an existing id is permanent (first delivery)",
+			name:      "a create of an id holding other content is permanent (one GET to tell)",
 			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
 			items:     []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeCreate, "b", "1")},
 			want:      "permanent,applied",
-			wantCalls: "bulk-create[a,b]",
+			wantCalls: "bulk-create[a,b] get(a)",
+		},
+		{
+			name: "a create answered 409201 finding its own content counts as applied (a lost answer: applied, then 503, retried)",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "1"
+			},
+			items:     []Item{item(dps.BulkModeCreate, "a", "1")},
+			want:      "applied",
+			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
 			name: "a redelivered create finding its own content counts as applied (one GET)",
@@ -298,11 +307,11 @@ func TestApply(t *testing.T) {
 			wantCalls: `bulk-update[a] put(a,"*")`,
 		},
 		{
-			name:      "updateIfMatchETag with a stale etag is permanent 412",
+			name:      "updateIfMatchETag with a stale etag is permanent 412 (one GET to tell)",
 			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
 			items:     []Item{item(dps.BulkModeUpdateIfMatchETag, "a", "2").withETag("old")},
 			want:      "permanent",
-			wantCalls: "bulk-updateIfMatchETag[a]",
+			wantCalls: "bulk-updateIfMatchETag[a] get(a)",
 		},
 		{
 			name:      "delete of an absent id is applied",
