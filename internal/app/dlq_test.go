@@ -143,7 +143,8 @@ func TestHealthReadyAndMetricsEndpoints(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{"dpsync_partitions_owned", "dpsync_partition_pending", "dpsync_fleet_members", "dpsync_events_in_total"} {
+	for _, m := range []string{"dpsync_partitions_owned", "dpsync_partition_pending", "dpsync_fleet_members", "dpsync_events_in_total",
+		"dpsync_dps_calls_total{", "dpsync_dps_bulk_items_bucket{", "dpsync_dps_operations_total{", "dpsync_event_applied_latency_seconds_bucket{"} {
 		if !strings.Contains(string(body), m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
