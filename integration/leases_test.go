@@ -184,21 +184,37 @@ func (lw *leaseWatch) reachedShare(owner string, share, partitions int, from tim
 // and returns the partition of every enrollment key.
 func (e *env) partitionOfKeys() map[string]int {
 	e.t.Helper()
+	// A read can fail on a transient cluster hiccup ("no responders" while a leader moves):
+	// read the whole stream again, a few times, before giving up.
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		var out map[string]int
+		if out, err = e.readPartitionOfKeys(); err == nil {
+			return out
+		}
+		e.t.Logf("read %s (attempt %d): %v", eventsStream, attempt, err)
+		e.sleep(time.Second)
+	}
+	e.t.Fatalf("read %s: %v", eventsStream, err)
+	return nil
+}
+
+func (e *env) readPartitionOfKeys() (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
 	s, err := e.js.Stream(ctx, eventsStream)
 	if err != nil {
-		e.t.Fatal(err)
+		return nil, err
 	}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
 	if err != nil {
-		e.t.Fatal(err)
+		return nil, err
 	}
 	out := map[string]int{}
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			e.t.Fatalf("read %s: %v", eventsStream, err)
+			return nil, err
 		}
 		n, more := 0, true
 		for msg := range batch.Messages() {
@@ -215,10 +231,10 @@ func (e *env) partitionOfKeys() map[string]int {
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			e.t.Fatalf("read %s: %v", eventsStream, err)
+			return nil, err
 		}
 		if n == 0 || !more {
-			return out
+			return out, nil
 		}
 	}
 }
