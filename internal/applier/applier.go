@@ -20,7 +20,10 @@
 //     redelivered create also counts as applied when DPS holds the content of one of the
 //     key's next update events (Item.Later, read from the stream, no DPS operation): only a
 //     write of this create's merged group can have put it there, since the key's earlier
-//     events were settled before the create was first delivered.
+//     events were settled before the create was first delivered. And when DPS holds the
+//     content of the create or of an update folded into it before its last (Item.Prior), a
+//     previous attempt applied a prefix of the group: the create is ours, and an upsert of
+//     the group's content finishes it.
 //   - a whole-request 400 splits the batch in halves until the bad item stands alone, so good
 //     items still apply.
 //   - per-item or whole-call 408, 429 and 5xx, timeouts and connection errors are transient;
@@ -68,6 +71,10 @@ type Item struct {
 	// in order (a redelivered create only; nil otherwise). See the package doc: a previous
 	// owner may have applied the create merged with them.
 	Later func(ctx context.Context) ([]Item, error)
+	// Prior holds, for a create that events were folded into (batcher rule R2), the contents
+	// of the create and the updates before the last one, oldest first: a previous attempt may
+	// have applied a prefix of them (the create alone, before a redelivery regrouped them).
+	Prior []Item
 }
 
 // ID returns the id the item targets, as the event spelled it.
@@ -434,41 +441,60 @@ func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome
 		// The write may be ours: an earlier delivery, an engine retry, or azcore's own retry
 		// of this very call after an answer was lost (applied, then 503 or a dropped
 		// connection) — the applier cannot tell, so it looks (one GET, on an error path).
-		if a.alreadyHolds(ctx, it) {
+		switch a.holds(ctx, it) {
+		case holdsItsOwn, holdsLater:
 			return Outcome{Class: Applied}
+		case holdsPrior:
+			// Our create is there without the updates folded into this entry after it: a
+			// previous attempt applied the create alone. Finish with the entry's content.
+			return a.upsert(ctx, it, false, false)
 		}
 	}
 	return o
 }
 
-// alreadyHolds reports whether DPS already holds it's content, or that of one of the
-// key's next updates (one GET).
-func (a *Applier) alreadyHolds(ctx context.Context, it Item) bool {
+// What DPS holds for an id, compared with an item's events.
+type holding int
+
+const (
+	holdsOther  holding = iota // something else, or it could not be read
+	holdsItsOwn                // the item's content
+	holdsPrior                 // the content of an event folded into the item before its last (Item.Prior)
+	holdsLater                 // the content of one of the key's next updates (Item.Later)
+)
+
+// holds reads the id's current content (one GET) and tells whose it is.
+func (a *Applier) holds(ctx context.Context, it Item) holding {
 	if err := a.before(ctx, "get"); err != nil {
-		return false
+		return holdsOther
 	}
 	cur, err := a.dps.Get(ctx, it)
 	a.after("get", 1, err)
 	if err != nil {
-		return false
+		return holdsOther
 	}
 	a.known.set(cacheKey(it), idState{exists: 1, etag: cur.ETag()})
 	if SameContent(it, cur) {
-		return true
+		return holdsItsOwn
+	}
+	for _, p := range it.Prior {
+		if SameContent(p, cur) {
+			return holdsPrior
+		}
 	}
 	if it.Later == nil {
-		return false
+		return holdsOther
 	}
 	later, err := it.Later(ctx)
 	if err != nil {
-		return false // cannot tell: the conflict stands
+		return holdsOther // cannot tell: the conflict stands
 	}
 	for _, l := range later {
 		if SameContent(l, cur) {
-			return true
+			return holdsLater
 		}
 	}
-	return false
+	return holdsOther
 }
 
 func cacheKey(it Item) string { return string(it.Kind) + "/" + strings.ToLower(it.ID()) }

@@ -273,6 +273,16 @@ func TestApply(t *testing.T) {
 			wantCalls: `bulk-update[a] put(a,"*")`,
 		},
 		{
+			name: "a create that events were folded into, finding the create alone applied, finishes with an upsert",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "1" // an earlier attempt applied the create alone
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "3").Enrollment,
+				Prior: []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeUpdate, "a", "2")}}},
+			want:      "applied",
+			wantCalls: `bulk-create[a] get(a) put(a,"*")`,
+		},
+		{
 			name:      "an update without a known etag is one PUT If-Match *",
 			setup:     func(f *fakeDPS, _ *Applier) { f.store["a"] = "e0" },
 			items:     []Item{item(dps.BulkModeUpdate, "a", "2")},

@@ -811,6 +811,11 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 				it.Redelivered = true
 			}
 		}
+		if it.Op == dps.BulkModeCreate && len(en.Items) > 1 {
+			for _, folded := range en.Items[:len(en.Items)-1] {
+				it.Prior = append(it.Prior, folded.Value.(*msgState).dec.Item)
+			}
+		}
 		if it.Redelivered && it.Op == dps.BulkModeCreate && e.opts.Successor != nil {
 			subject, after := st.msg.Subject(), st.seq // st is the entry's newest event
 			it.Later = func(ctx context.Context) ([]applier.Item, error) { return e.laterUpdates(ctx, subject, after) }

@@ -922,3 +922,49 @@ func TestEngineAppliesAReplayOnce(t *testing.T) {
 		t.Fatalf("key k applied as %s, want %s (the second copy of the replay dropped)", got, want)
 	}
 }
+
+// capturingApplier records the items it is given and applies them.
+type capturingApplier struct {
+	mu    sync.Mutex
+	items []applier.Item
+}
+
+func (c *capturingApplier) Apply(_ context.Context, items []applier.Item) []applier.Outcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.items = append(c.items, items...)
+	return make([]applier.Outcome, len(items)) // applied
+}
+
+// TestEngineGivesAFoldedCreateItsPrior: a create that updates were folded into carries the
+// contents of the create and of every update but the last (applier.Item.Prior), so the
+// applier can tell that a previous attempt applied part of the group.
+func TestEngineGivesAFoldedCreateItsPrior(t *testing.T) {
+	var open atomic.Bool
+	ca := &capturingApplier{}
+	r := newRig(t, 1, Options{Apply: ca, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Coalesce: true},
+		Budget: func() (int, time.Duration) {
+			if open.Load() {
+				return 1, 0
+			}
+			return 0, 10 * time.Millisecond
+		}})
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1}, testEvent{ID: "2", Key: "k", Op: "update", V: 2},
+		testEvent{ID: "3", Key: "k", Op: "update", V: 3})
+	time.Sleep(100 * time.Millisecond) // all three reach the batcher before any batch forms
+	open.Store(true)
+	r.waitAcked(10 * time.Second)
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if len(ca.items) != 1 {
+		t.Fatalf("got %d items, want 1 (folded)", len(ca.items))
+	}
+	it := ca.items[0]
+	var prior []string
+	for _, p := range it.Prior {
+		prior = append(prior, p.Enrollment.DeviceID)
+	}
+	if it.Op != dps.BulkModeCreate || it.Enrollment.DeviceID != "3" || strings.Join(prior, ",") != "1,2" {
+		t.Fatalf("item: %s of content %s with prior %v, want create of 3 with prior [1 2]", it.Op, it.Enrollment.DeviceID, prior)
+	}
+}
