@@ -91,11 +91,13 @@ func Run(ctx context.Context, o Options) error {
 		KeepAlive:   keepAliveFor(o.Consumer.AckWait),
 		Successor:   successorIn(stream),
 		Budget:      fleet.pace.Available,
-		Fence:       fleet.fence,
-		WorkerID:    o.WorkerID,
-		Logger:      o.Logger.With("component", "consumer"),
-		Tracer:      tel.Tracer("dpsync/consumer"),
-		Metrics:     metrics,
+		// A letter, like a DPS write, is made under the lease: each attempt within the margin.
+		LetterTimeout: o.DPSTryTimeout,
+		Fence:         fleet.fence,
+		WorkerID:      o.WorkerID,
+		Logger:        o.Logger.With("component", "consumer"),
+		Tracer:        tel.Tracer("dpsync/consumer"),
+		Metrics:       metrics,
 	})
 	if err != nil {
 		return err

@@ -144,6 +144,9 @@ type Options struct {
 	Retry       RetryPolicy
 	// KeepAlive is how often waiting events get InProgress (default AckWait/3 = 5 s).
 	KeepAlive time.Duration
+	// LetterTimeout bounds one attempt to store a dead letter (default 5 s); set it under
+	// the lease's safety margin, like a DPS try (see publishLetter).
+	LetterTimeout time.Duration
 	// StaleWindow is how long the engine remembers the stream sequences of events it
 	// settled, so that a redelivered copy the server sent before it processed the ack is
 	// acknowledged and dropped instead of applied a second time, behind later events of its
@@ -208,6 +211,9 @@ func (o *Options) validate() error {
 	}
 	if o.StaleWindow == 0 {
 		o.StaleWindow = 2 * time.Minute
+	}
+	if o.LetterTimeout <= 0 {
+		o.LetterTimeout = 5 * time.Second
 	}
 	if o.HoldCheckTimeout == 0 {
 		o.HoldCheckTimeout = 5 * time.Second
@@ -445,12 +451,16 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.complete(callCtx, d)
 		case f := <-e.keyDone:
 			e.background--
+			e.giveBack(f.notStored)
 			for _, st := range f.sts {
 				e.untrack(st)
 			}
 			e.b.Release(f.key)
 		case d := <-e.lone:
 			e.background--
+			if d.giveBack {
+				e.giveBack(d.sts)
+			}
 			for _, st := range d.sts {
 				e.untrack(st)
 			}
@@ -934,7 +944,7 @@ func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class stri
 		if i > 0 && len(sts) > 1 {
 			l.Reason = o.Reason + " (coalesced with the event before it)"
 		}
-		if !e.publishLetter(ctx, l) {
+		if !e.publishLetter(ctx, st, l) {
 			return false
 		}
 	}
@@ -1028,10 +1038,22 @@ func (e *Engine) ack(ctx context.Context, st *msgState) {
 	}
 }
 
-func (e *Engine) publishLetter(ctx context.Context, l Letter) bool {
+// publishLetter stores st's dead letter l, retrying until it is stored, ctx ends, or st's
+// partition is no longer this worker's: a letter is an ordering decision (the key's later
+// events follow it), so like a DPS write it is made only under the lease — checked before
+// every attempt, each attempt bounded by LetterTimeout, under the lease's safety margin. It
+// reports whether the letter was stored; if not, the caller gives st back.
+func (e *Engine) publishLetter(ctx context.Context, st *msgState, l Letter) bool {
 	delay := 100 * time.Millisecond
 	for {
-		err := e.opts.DeadLetters.Publish(ctx, l)
+		if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+			e.opts.Logger.Info("dead letter not stored: the partition is no longer ours; its next owner decides",
+				"key", l.Key, "origin_seq", l.OriginSeq, "partition", st.partition)
+			return false
+		}
+		actx, cancel := context.WithTimeout(ctx, e.opts.LetterTimeout)
+		err := e.opts.DeadLetters.Publish(actx, l)
+		cancel()
 		if err == nil {
 			e.opts.Metrics.deadLettered(ctx, l.Class)
 			return true
@@ -1084,11 +1106,14 @@ func (e *Engine) deadLetterAsync(ctx context.Context, sts []*msgState, l Letter)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		if e.publishLetter(ctx, l) {
+		d := loneDone{sts: sts, key: l.Key}
+		if e.publishLetter(ctx, sts[0], l) {
 			e.ackAll(ctx, sts)
+		} else {
+			d.giveBack = true
 		}
 		select {
-		case e.lone <- loneDone{sts: sts, key: l.Key}:
+		case e.lone <- d:
 		case <-ctx.Done():
 		}
 	}()
@@ -1109,10 +1134,12 @@ func (e *Engine) dropSettled(ctx context.Context, st *msgState) {
 	}()
 }
 
-// loneDone reports events dead-lettered outside a batch; key was blocked for them.
+// loneDone reports events dead-lettered outside a batch; key was blocked for them. When the
+// letter was not stored (the partition was lost), giveBack says to give the events back.
 type loneDone struct {
-	sts []*msgState
-	key string
+	sts      []*msgState
+	key      string
+	giveBack bool
 }
 
 // unblock ends one wait of key for a letter being stored; when none is left, the key's
@@ -1132,8 +1159,9 @@ func (e *Engine) unblock(key string, now time.Time) {
 }
 
 type followDone struct {
-	key string
-	sts []*msgState
+	key       string
+	sts       []*msgState
+	notStored []*msgState // their letters were not stored (partition lost): given back
 }
 
 // complete settles a finished batch in the loop.
@@ -1240,14 +1268,14 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 				why = r // names the letter's sequence in the dead-letter stream
 			}
 			l := e.letter(st, ClassHeld, applier.Outcome{Reason: why}, 0, now)
-			if !e.publishLetter(ctx, l) {
+			if !e.publishLetter(ctx, st, l) {
 				break
 			}
 			published++
 		}
 		e.ackAll(ctx, sts[:published])
 		select {
-		case e.keyDone <- followDone{key: key, sts: sts}:
+		case e.keyDone <- followDone{key: key, sts: sts, notStored: sts[published:]}:
 		case <-ctx.Done():
 		}
 	}()

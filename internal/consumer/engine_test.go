@@ -968,3 +968,48 @@ func TestEngineGivesAFoldedCreateItsPrior(t *testing.T) {
 		t.Fatalf("item: %s of content %s with prior %v, want create of 3 with prior [1 2]", it.Op, it.Enrollment.DeviceID, prior)
 	}
 }
+
+// TestEngineStoresNoLetterForALostPartition: a dead letter decides the order of the key's
+// later events, so it is stored only while the partition is this worker's. A worker that
+// lost the partition while its letter could not be stored (a slow dead-letter stream) stores
+// nothing later; it gives the event back for the partition's next owner.
+func TestEngineStoresNoLetterForALostPartition(t *testing.T) {
+	var epoch atomic.Uint64
+	epoch.Store(1)
+	fa := newFakeApplier(func(it applier.Item, _ int) applier.Outcome {
+		return applier.Outcome{Class: applier.Permanent, Code: 409201, Status: 409, Reason: "exists"}
+	})
+	var attempts atomic.Int32
+	dl := &fakeDLQ{failN: 1_000_000, beforePublish: func(Letter) {
+		if attempts.Add(1) == 2 {
+			epoch.Store(2) // the lease lapses while the stream refuses the letter
+		}
+	}}
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl, Fence: func(_ int, e uint64) bool { return e == epoch.Load() }})
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1})
+	deadline := time.Now().Add(10 * time.Second)
+	for { // given back: the server redelivers it at once (nak), not after AckWait
+		c, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if attempts.Load() >= 2 && info.NumRedelivered > 0 || info.NumAckPending == 0 && attempts.Load() >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the event was not given back: %d publish attempts, %d redelivered, %d unacknowledged", attempts.Load(), info.NumRedelivered, info.NumAckPending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := attempts.Load(); n != 2 {
+		t.Fatalf("%d publish attempts, want 2 (none after the partition was lost)", n)
+	}
+	if letters := dl.snapshot(); len(letters) != 0 {
+		t.Fatalf("%d letters stored for a lost partition, want 0", len(letters))
+	}
+}
