@@ -191,6 +191,7 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	acquired := time.Now()
 	requestsOver := acquired.Add(pullExpiry)
 	deadline := requestsOver.Add(ackWait + time.Second)
+	unacked := 0 // the previous owner's events, coming back (ReadOptions.Redeliveries)
 	for {
 		if !pm.owned(p, epoch) {
 			pm.forget(p, epoch)
@@ -204,8 +205,11 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			info, err := cons.Info(ictx)
 			cancel()
-			if err == nil && info.NumAckPending == 0 {
-				break
+			if err == nil {
+				unacked = info.NumAckPending
+				if unacked == 0 {
+					break
+				}
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -216,6 +220,8 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 		return
 	}
 	ro := pm.o.Read
+	ro.Redeliveries = unacked
+	ro.RedeliveryWindow = min(pullExpiry, ackWait/3)
 	ro.Reopen = func(ctx context.Context) (jetstream.Consumer, error) {
 		return consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)
 	}

@@ -1013,3 +1013,72 @@ func TestEngineStoresNoLetterForALostPartition(t *testing.T) {
 		t.Fatalf("%d letters stored for a lost partition, want 0", len(letters))
 	}
 }
+
+// TestEngineHandsOnRedeliveriesInStreamOrder: the server redelivers a previous owner's
+// events in the order their ack timers ran out, not in stream order. Here the previous
+// owner's events of one key come back newest first (naked in reverse order); the new
+// attachment, told how many to expect, collects them and applies them in stream order.
+func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := context.Background()
+	cfg := StreamConfig{Partitions: 1, MemoryStorage: true}
+	s, err := EnsureStream(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := newFakeApplier(nil)
+	eng, err := NewEngine(Options{Stream: cfg, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
+		KeepAlive: 500 * time.Millisecond, Batcher: batcher.Config{Linger: 5 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	go func() { _ = eng.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-eng.Done() })
+	cons, err := EnsureConsumer(ctx, s, cfg, ConsumerConfig{AckWait: 2 * time.Second}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, op := range []string{"create", "update", "update"} {
+		b, _ := json.Marshal(testEvent{ID: fmt.Sprint(i + 1), Key: "k", Op: op, V: i + 1})
+		if _, err := js.Publish(ctx, "dpsync.events.enrollment.k", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The previous owner: pulled all three and gives them back newest first.
+	batch, err := cons.Fetch(3, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("previous owner pulled %d events, want 3", len(msgs))
+	}
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if err := msgs[i].Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := eng.Attach(0, 1, cons, ReadOptions{PullBatch: 100, Redeliveries: 3}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fa.mu.Lock()
+		got := strings.Join(fa.log["k"], ",")
+		fa.mu.Unlock()
+		if strings.Count(got, ":") == 3 {
+			if want := "create:1,update:2,update:3"; got != want {
+				t.Fatalf("key k applied as %s, want %s", got, want)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key k applied as %q after 10s, want 3 events", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,9 +1,11 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +40,17 @@ type ReadOptions struct {
 	// when a pull fails because the consumer is gone. Nil: the reader pulls the same
 	// consumer handle again.
 	Reopen func(ctx context.Context) (jetstream.Consumer, error)
+	// Redeliveries is how many events of the partition were unacknowledged when it was
+	// attached (the consumer's NumAckPending): a previous owner's, coming back. The server
+	// redelivers them in the order their ack timers ran out, which is not the stream's (two
+	// events of a key kept alive by one keep-alive pass expire microseconds apart, either
+	// way round). So the reader first collects them — until it has seen that many
+	// redelivered events, or for RedeliveryWindow — and hands everything it collected to the
+	// engine in stream order.
+	Redeliveries int
+	// RedeliveryWindow bounds the collection (default PullExpiry). Keep it well under the
+	// consumer's AckWait: collected events get no keep-alive until the engine has them.
+	RedeliveryWindow time.Duration
 }
 
 // DefaultPullExpiry is the default ReadOptions.PullExpiry.
@@ -61,6 +74,9 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 	}
 	if ro.PullExpiry < 100*time.Millisecond {
 		return fmt.Errorf("partition %d: pull expiry %v is under 100ms", p, ro.PullExpiry)
+	}
+	if ro.RedeliveryWindow <= 0 {
+		ro.RedeliveryWindow = ro.PullExpiry
 	}
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
@@ -86,6 +102,9 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 func (e *Engine) read(r *partitionReader) {
 	defer e.wg.Done()
 	defer close(r.done)
+	if r.ro.Redeliveries > 0 && !e.readRedeliveries(r) {
+		return
+	}
 	delay := 100 * time.Millisecond
 	for {
 		e.partsMu.Lock()
@@ -141,6 +160,57 @@ func (e *Engine) read(r *partitionReader) {
 			rcancel()
 		}
 	}
+}
+
+// readRedeliveries collects the partition's redelivered events (see
+// ReadOptions.Redeliveries) and hands what it collected to the engine in stream order. It
+// returns false when the engine is stopping.
+func (e *Engine) readRedeliveries(r *partitionReader) bool {
+	type pulled struct {
+		msg  jetstream.Msg
+		meta *jetstream.MsgMetadata
+		err  error
+	}
+	var got []pulled
+	seen := 0
+	deadline := time.Now().Add(r.ro.RedeliveryWindow)
+	for seen < r.ro.Redeliveries && time.Now().Before(deadline) && e.readCtx.Err() == nil {
+		ctx, cancel := context.WithDeadline(e.readCtx, deadline)
+		batch, err := r.cons.Fetch(min(r.ro.PullBatch, r.ro.Redeliveries-seen), jetstream.FetchContext(ctx))
+		if err == nil {
+			for m := range batch.Messages() {
+				meta, merr := m.Metadata()
+				if merr == nil && meta.NumDelivered > 1 {
+					seen++
+				}
+				got = append(got, pulled{m, meta, merr})
+			}
+		}
+		cancel()
+		if err != nil {
+			break // the normal loop reports and retries
+		}
+	}
+	slices.SortStableFunc(got, func(a, b pulled) int {
+		if a.meta == nil || b.meta == nil {
+			return 0
+		}
+		return cmp.Compare(a.meta.Sequence.Stream, b.meta.Sequence.Stream)
+	})
+	if len(got) > 0 {
+		e.opts.Logger.Info("previous owner's events collected, handed on in stream order",
+			"partition", r.p, "redelivered", seen, "collected", len(got), "expected", r.ro.Redeliveries)
+	}
+	for _, g := range got {
+		in := inbound{msg: g.msg, partition: r.p, epoch: r.epoch, meta: g.meta, metaErr: g.err}
+		in.dec, in.decErr = e.opts.Decode(g.msg.Data())
+		select {
+		case e.in <- in:
+		case <-e.quit:
+			return false
+		}
+	}
+	return true
 }
 
 // Detach stops reading partition p. With graceful, messages already pulled are still
