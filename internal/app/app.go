@@ -140,7 +140,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	log.Info("worker running", "nats", natsURL, "stream", o.Stream.WithDefaults().Name,
-		"publish_to", o.Stream.WithDefaults().Prefix+".<enrollment|group>.<id>", "dlq", o.DLQStream,
+		"publish_to", o.Stream.WithDefaults().Prefix+".<enrollment|group>.<token>", "subject_token", "lower-cased id, . written as %2E (event.SubjectToken)", "dlq", o.DLQStream,
 		"dps", dpsConn.endpoint, "http", httpAddr)
 	if o.OnReady != nil {
 		o.OnReady(Info{
