@@ -506,9 +506,10 @@ func (e *Engine) nextWake(now time.Time) time.Duration {
 // accept takes one message from a reader.
 //
 // A message whose sequence the engine holds already is a redelivery that crossed the
-// worker's InProgress: the copy is dropped, the held one settles it. A redelivered message
-// whose sequence the engine settled within StaleWindow is a copy the server sent before it
-// processed the ack: applying it again would put it behind later events of its key that are
+// worker's InProgress: the copy is dropped, the held one settles it. A message whose
+// sequence the engine settled within StaleWindow is a copy the server sent before it
+// processed the ack (or, after a consumer-leader failover, one it believes it never
+// delivered): applying it again would put it behind later events of its key that are
 // applied meanwhile, so it is acknowledged and dropped.
 func (e *Engine) accept(ctx context.Context, in inbound) {
 	now := e.opts.Now()
@@ -530,7 +531,9 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		held.lastProgress = now
 		return
 	}
-	if meta.NumDelivered > 1 && e.settled.has(st.seq) {
+	// Any delivery count: after a consumer-leader failover the new leader may not know of a
+	// delivery the old one made (not yet replicated) and deliver the event again as a first.
+	if e.settled.has(st.seq) {
 		e.opts.Logger.Info("stale redelivery of a settled event dropped", "seq", st.seq, "deliveries", meta.NumDelivered)
 		e.opts.Metrics.staleDropped(ctx)
 		e.background++

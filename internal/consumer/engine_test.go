@@ -1082,3 +1082,80 @@ func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// fakeMsg is a jetstream.Msg that records what the engine does with it.
+type fakeMsg struct {
+	subject string
+	data    []byte
+	meta    jetstream.MsgMetadata
+	mu      sync.Mutex
+	acks    int
+	naks    int
+}
+
+func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) { md := m.meta; return &md, nil }
+func (m *fakeMsg) Data() []byte                              { return m.data }
+func (m *fakeMsg) Headers() nats.Header                      { return nats.Header{} }
+func (m *fakeMsg) Subject() string                           { return m.subject }
+func (m *fakeMsg) Reply() string                             { return "" }
+func (m *fakeMsg) Ack() error                                { return m.DoubleAck(context.Background()) }
+func (m *fakeMsg) DoubleAck(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.acks++
+	return nil
+}
+func (m *fakeMsg) Nak() error                       { m.mu.Lock(); defer m.mu.Unlock(); m.naks++; return nil }
+func (m *fakeMsg) NakWithDelay(time.Duration) error { return m.Nak() }
+func (m *fakeMsg) InProgress() error                { return nil }
+func (m *fakeMsg) Term() error                      { return nil }
+func (m *fakeMsg) TermWithReason(string) error      { return nil }
+func (m *fakeMsg) counts() (acks, naks int)         { m.mu.Lock(); defer m.mu.Unlock(); return m.acks, m.naks }
+
+// TestEngineDropsASettledEventDeliveredAsNew: after a consumer-leader failover the new
+// leader may deliver an event it does not know was delivered (and acknowledged) as a first
+// delivery. An event whose stream sequence the engine settled is acknowledged and dropped,
+// whatever its delivery count.
+func TestEngineDropsASettledEventDeliveredAsNew(t *testing.T) {
+	fa := newFakeApplier(nil)
+	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
+		Batcher: batcher.Config{Linger: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = eng.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-eng.Done() })
+	deliver := func(seq uint64, delivered uint64, ev testEvent) *fakeMsg {
+		b, _ := json.Marshal(ev)
+		m := &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
+			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: delivered}}
+		in := inbound{msg: m, partition: 0, epoch: 1}
+		in.meta, in.metaErr = m.Metadata()
+		in.dec, in.decErr = testDecode(b)
+		eng.in <- in
+		return m
+	}
+	waitAcked := func(m *fakeMsg) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if acks, _ := m.counts(); acks > 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("not acknowledged within 5s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitAcked(deliver(5, 1, testEvent{ID: "a", Key: "k", Op: "update", V: 1}))
+	waitAcked(deliver(7, 1, testEvent{ID: "b", Key: "k", Op: "delete", V: 2}))
+	again := deliver(5, 1, testEvent{ID: "a", Key: "k", Op: "update", V: 1}) // as new
+	waitAcked(again)
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	if got, want := strings.Join(fa.log["k"], ","), "update:1,delete:2"; got != want {
+		t.Fatalf("key k applied as %s, want %s (the settled update not applied again)", got, want)
+	}
+}
