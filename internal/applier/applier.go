@@ -441,7 +441,14 @@ func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome
 		// The write may be ours: an earlier delivery, an engine retry, or azcore's own retry
 		// of this very call after an answer was lost (applied, then 503 or a dropped
 		// connection) — the applier cannot tell, so it looks (one GET, on an error path).
-		switch a.holds(ctx, it) {
+		h, err := a.holds(ctx, it)
+		switch h {
+		case holdsUnknown:
+			// Not knowing whether the write was ours is no reason to dead-letter it: try
+			// again later (DPS or NATS may be unreachable right now).
+			o.Class, o.Err = Transient, err
+			o.Reason += "; could not tell whether DPS holds this event's own write: " + errText(err)
+			return o
 		case holdsItsOwn, holdsLater:
 			return Outcome{Class: Applied}
 		case holdsPrior:
@@ -457,44 +464,57 @@ func (a *Applier) itemFailure(ctx context.Context, it Item, e ItemError) Outcome
 type holding int
 
 const (
-	holdsOther  holding = iota // something else, or it could not be read
-	holdsItsOwn                // the item's content
+	holdsOther   holding = iota // something else
+	holdsUnknown                // it could not be read (or the key's next events could not)
+	holdsItsOwn                 // the item's content
 	holdsPrior                 // the content of an event folded into the item before its last (Item.Prior)
 	holdsLater                 // the content of one of the key's next updates (Item.Later)
 )
 
-// holds reads the id's current content (one GET) and tells whose it is.
-func (a *Applier) holds(ctx context.Context, it Item) holding {
+// holds reads the id's current content (one GET) and tells whose it is; err says why it
+// could not tell (holdsUnknown).
+func (a *Applier) holds(ctx context.Context, it Item) (holding, error) {
 	if err := a.before(ctx, "get"); err != nil {
-		return holdsOther
+		return holdsUnknown, err
 	}
 	cur, err := a.dps.Get(ctx, it)
 	a.after("get", 1, err)
 	if err != nil {
-		return holdsOther
+		return holdsUnknown, err
 	}
 	a.known.set(cacheKey(it), idState{exists: 1, etag: cur.ETag()})
 	if SameContent(it, cur) {
-		return holdsItsOwn
+		return holdsItsOwn, nil
 	}
 	for _, p := range it.Prior {
 		if SameContent(p, cur) {
-			return holdsPrior
+			return holdsPrior, nil
 		}
 	}
 	if it.Later == nil {
-		return holdsOther
+		return holdsOther, nil
 	}
 	later, err := it.Later(ctx)
 	if err != nil {
-		return holdsOther // cannot tell: the conflict stands
+		return holdsUnknown, err
 	}
 	for _, l := range later {
 		if SameContent(l, cur) {
-			return holdsLater
+			return holdsLater, nil
 		}
 	}
-	return holdsOther
+	return holdsOther, nil
+}
+
+// errText is err's text for a reason a person reads (classify's wording for DPS errors).
+func errText(err error) string {
+	if err == nil {
+		return "unknown"
+	}
+	if o := classify(err); o.Status != 0 {
+		return o.Reason
+	}
+	return err.Error()
 }
 
 func cacheKey(it Item) string { return string(it.Kind) + "/" + strings.ToLower(it.ID()) }

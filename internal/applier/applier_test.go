@@ -24,6 +24,8 @@ type fakeDPS struct {
 	calls   []string
 	poison  string // a bulk holding this id is rejected whole with 400
 	failAll error  // every call fails with this
+	// getErr makes every GET fail with it.
+	getErr error
 	// bulkUpdateAbsent404 makes a bulk update of an absent id fail with 404201 instead of
 	// creating it (DPS.md leaves the real answer unconfirmed).
 	bulkUpdateAbsent404 bool
@@ -119,6 +121,9 @@ func (f *fakeDPS) Get(_ context.Context, it Item) (Item, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "get("+it.ID()+")")
+	if f.getErr != nil {
+		return Item{}, f.getErr
+	}
 	id := strings.ToLower(it.ID())
 	if _, ok := f.store[id]; !ok {
 		return Item{}, respErr(http.StatusNotFound, 404201)
@@ -218,13 +223,13 @@ func TestApply(t *testing.T) {
 			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
-			name: "a redelivered create whose next events cannot be read is permanent",
+			name: "a redelivered create whose next events cannot be read is transient (tried again later)",
 			setup: func(f *fakeDPS, _ *Applier) {
 				f.store["a"], f.content["a"] = "e0", "2"
 			},
 			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
 				Later: func(context.Context) ([]Item, error) { return nil, errors.New("stream unavailable") }}},
-			want:      "permanent",
+			want:      "transient",
 			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
@@ -281,6 +286,16 @@ func TestApply(t *testing.T) {
 				Prior: []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeUpdate, "a", "2")}}},
 			want:      "applied",
 			wantCalls: `bulk-create[a] get(a) put(a,"*")`,
+		},
+		{
+			name: "a create answered 409201 whose GET fails is transient: whether the write was ours is unknown",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "1"
+				f.getErr = errors.New("connection reset by peer")
+			},
+			items:     []Item{item(dps.BulkModeCreate, "a", "1")},
+			want:      "transient",
+			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
 			name:      "an update without a known etag is one PUT If-Match *",
