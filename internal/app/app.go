@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,17 +47,27 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	stream, err := consumer.EnsureStream(ctx, js, o.Stream)
-	if err != nil {
+	// A cluster that is electing leaders answers "no responders" or 503 for a moment: the
+	// steps below retry such errors (startupRetry); a configuration error fails at once.
+	var stream jetstream.Stream
+	if err := startupRetry(ctx, log, "events stream", func(ctx context.Context) (err error) {
+		stream, err = consumer.EnsureStream(ctx, js, o.Stream)
+		return err
+	}); err != nil {
 		return err
 	}
-	dl, err := newDeadLetters(ctx, js, &o)
-	if err != nil {
+	var dl *deadLetters
+	if err := startupRetry(ctx, log, "dead-letter stream", func(ctx context.Context) (err error) {
+		dl, err = newDeadLetters(ctx, js, &o)
+		return err
+	}); err != nil {
 		return err
 	}
-
-	fleet, err := startFleet(ctx, js, &o, &td)
-	if err != nil {
+	var fleet *fleet
+	if err := startupRetry(ctx, log, "membership", func(ctx context.Context) (err error) {
+		fleet, err = startFleet(ctx, js, &o, &td)
+		return err
+	}); err != nil {
 		return err
 	}
 	dm, err := newDPSMetrics(tel.Meter("dpsync/dps"))
@@ -180,6 +191,44 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("worker stopped cleanly")
 	return nil
+}
+
+// startupTimeout bounds how long startupRetry keeps trying one step.
+const startupTimeout = time.Minute
+
+// startupRetry runs fn until it succeeds, fails with an error that is not transient, ctx
+// ends, or startupTimeout passed; each try is bounded by 15 s.
+func startupRetry(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
+	deadline := time.Now().Add(startupTimeout)
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := fn(tctx)
+		cancel()
+		if err == nil || !transientNATSError(err) || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		log.Warn("start: "+what+" not ready; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// transientNATSError reports whether err is one a JetStream cluster gives for a moment
+// (leader election, a node restarting, a reconnect) rather than for a wrong configuration.
+func transientNATSError(err error) bool {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrNoServers):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.Code == 408 || apiErr.Code >= 500)
 }
 
 // successorIn reads the next event stored on a subject of s (one key's subject) after a
