@@ -19,7 +19,7 @@ type deadLetters struct {
 }
 
 func newDeadLetters(ctx context.Context, js jetstream.JetStream, o *Options) (*deadLetters, error) {
-	stream, err := dlq.EnsureStream(ctx, js, dlq.StreamConfig{Name: o.DLQStream, Replicas: o.Stream.WithDefaults().Replicas})
+	stream, err := dlq.EnsureStream(ctx, js, o.dlqStreamConfig())
 	if err != nil {
 		return nil, err
 	}

@@ -65,6 +65,15 @@ type Options struct {
 	// (default the system clock; tests inject a fake one).
 	RedriveClock dlq.Clock
 
+	// DLQMaxAge drops dead letters older than this. 0 (the default) keeps them until they
+	// are replayed or purged: an expired letter is a lost event.
+	DLQMaxAge time.Duration
+	// DLQDuplicateWindow is how long the dead-letter stream remembers letter ids (default
+	// 10 min, at least 100 ms, at most DLQMaxAge when that is set). It must outlast the time
+	// between a letter's publish and its event's ack (AckWait plus a restart), or a
+	// redelivered event stores its letter twice.
+	DLQDuplicateWindow time.Duration
+
 	// QuotaPerMinute is the DPS operation budget of the whole fleet (default 1,000; -1 =
 	// unlimited).
 	QuotaPerMinute int
@@ -142,6 +151,14 @@ func (o *Options) validate() error {
 	if err := o.Stream.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	dlqCfg := o.dlqStreamConfig()
+	dlqCfg.Replicas = 0 // the events stream's, checked above
+	if err := dlqCfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if w := o.DLQDuplicateWindow; w != 0 && w < minDuplicateWindow {
+		errs = append(errs, fmt.Errorf("dlq stream duplicate window: %v is under %v, the NATS server's minimum", w, minDuplicateWindow))
+	}
 	if err := o.Batcher.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("batcher: %w", err))
 	}
@@ -169,4 +186,18 @@ func (o *Options) validate() error {
 		errs = append(errs, errors.New("nats tls: client certificate and key go together"))
 	}
 	return errors.Join(errs...)
+}
+
+// minDuplicateWindow is the shortest duplicate window a NATS server accepts.
+const minDuplicateWindow = 100 * time.Millisecond
+
+// dlqStreamConfig is the dead-letter stream the options ask for; its replicas follow the
+// events stream's.
+func (o *Options) dlqStreamConfig() dlq.StreamConfig {
+	return dlq.StreamConfig{
+		Name:            o.DLQStream,
+		Replicas:        o.Stream.WithDefaults().Replicas,
+		MaxAge:          o.DLQMaxAge,
+		DuplicateWindow: o.DLQDuplicateWindow,
+	}
 }
