@@ -89,6 +89,44 @@ func (d *durationList) Set(v string) error {
 	return nil
 }
 
+// storageFlag is --stream-storage: "file" or "memory", kept as MemoryStorage.
+type storageFlag struct{ memory *bool }
+
+func (s storageFlag) String() string {
+	if s.memory != nil && *s.memory {
+		return "memory"
+	}
+	return "file"
+}
+
+// Set accepts file or memory (any case).
+func (s storageFlag) Set(v string) error {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "file":
+		*s.memory = false
+	case "memory":
+		*s.memory = true
+	default:
+		return fmt.Errorf("%q is not a storage: want file or memory", v)
+	}
+	return nil
+}
+
+// checkDLQStreamFlags checks --dlq-max-age and --dlq-duplicate-window, naming the flags and
+// their environment variables (app.Options checks them again, naming the options).
+func checkDLQStreamFlags(o *app.Options) error {
+	name := func(flag string) string { return "--" + flag + " (" + envName(flag) + ")" }
+	switch age, w := o.DLQMaxAge, o.DLQDuplicateWindow; {
+	case age < 0:
+		return fmt.Errorf("%s: %v is negative (0 keeps dead letters until replayed or purged)", name("dlq-max-age"), age)
+	case w < 100*time.Millisecond:
+		return fmt.Errorf("%s: %v is under 100ms, the NATS server's minimum", name("dlq-duplicate-window"), w)
+	case age > 0 && w > age:
+		return fmt.Errorf("%s: %v exceeds %s %v", name("dlq-duplicate-window"), w, name("dlq-max-age"), age)
+	}
+	return nil
+}
+
 type stringList []string
 
 func (s *stringList) String() string { return strings.Join(*s, ",") }
@@ -123,7 +161,10 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 	fs.IntVar(&o.Stream.Replicas, "replicas", 1, "stream replicas (3 in a cluster)")
 	fs.DurationVar(&o.Stream.MaxAge, "stream-max-age", 7*24*time.Hour, "drop events older than this")
 	fs.DurationVar(&o.Stream.DuplicateWindow, "duplicate-window", 2*time.Minute, "Nats-Msg-Id dedupe window")
+	fs.Var(storageFlag{&o.Stream.MemoryStorage}, "stream-storage", "storage of the events stream, file or memory (memory loses unapplied events when NATS restarts; fixed when the stream is created)")
 	fs.StringVar(&o.DLQStream, "dlq-stream", "DPS_DLQ", "dead-letter stream name")
+	fs.DurationVar(&o.DLQMaxAge, "dlq-max-age", 0, "drop dead letters older than this (0 = keep them until replayed or purged: an expired letter is a lost event)")
+	fs.DurationVar(&o.DLQDuplicateWindow, "dlq-duplicate-window", 10*time.Minute, "how long the dead-letter stream remembers letter ids; longer than --ack-wait plus a restart, so a redelivered event does not store its letter twice")
 	fs.DurationVar(&o.Consumer.AckWait, "ack-wait", 15*time.Second, "consumer AckWait")
 	fs.IntVar(&o.Consumer.MaxAckPending, "max-ack-pending", 1000, "unacknowledged events per partition")
 
@@ -157,6 +198,9 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 		}
 		if o.RedriveLimit < 0 {
 			return fmt.Errorf("--redrive-limit: %d is negative", o.RedriveLimit)
+		}
+		if err := checkDLQStreamFlags(o); err != nil {
+			return err
 		}
 		if *holdContinue {
 			// Coalescing relies on a failed event holding its key (internal/batcher,
