@@ -467,8 +467,8 @@ const (
 	holdsOther   holding = iota // something else
 	holdsUnknown                // it could not be read (or the key's next events could not)
 	holdsItsOwn                 // the item's content
-	holdsPrior                 // the content of an event folded into the item before its last (Item.Prior)
-	holdsLater                 // the content of one of the key's next updates (Item.Later)
+	holdsPrior                  // the content of an event folded into the item before its last (Item.Prior)
+	holdsLater                  // the content of one of the key's next updates (Item.Later)
 )
 
 // holds reads the id's current content (one GET) and tells whose it is; err says why it
