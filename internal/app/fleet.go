@@ -155,7 +155,7 @@ func (pm *partitionManager) apply(a membership.Assignment) {
 			continue
 		}
 		pm.active[p] = l.Epoch
-		go pm.start(p, l.Epoch)
+		go pm.start(p, l.Epoch, l.Clean)
 	}
 }
 
@@ -164,7 +164,7 @@ func (pm *partitionManager) apply(a membership.Assignment) {
 // the server redelivers them ahead of newer events. Failures (JetStream unavailable during
 // an election, a node down) are retried for as long as this worker holds the lease: a
 // partition that is owned must be read.
-func (pm *partitionManager) start(p int, epoch uint64) {
+func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 	log := pm.o.Logger.With("component", "partitions", "partition", p, "epoch", epoch)
 	ctx := context.Background()
 	var cons jetstream.Consumer
@@ -190,6 +190,9 @@ func (pm *partitionManager) start(p int, epoch uint64) {
 	}
 	acquired := time.Now()
 	requestsOver := acquired.Add(pullExpiry)
+	if clean {
+		requestsOver = acquired // nobody's requests can still be open (Lease.Clean)
+	}
 	deadline := requestsOver.Add(ackWait + time.Second)
 	unacked := 0 // the previous owner's events, coming back (ReadOptions.Redeliveries)
 	for {

@@ -159,6 +159,10 @@ type Lease struct {
 	// Draining: the partition belongs to another member now. Stop taking new work from it,
 	// finish what is in flight (Owns stays true meanwhile), then call Release.
 	Draining bool
+	// Clean: the partition had no owner before this one, or its owner released it; not an
+	// expired lease of a worker that died or stopped answering (which may still have pull
+	// requests open at the server for a while).
+	Clean bool
 }
 
 // Assignment is a snapshot of this worker's usable leases.
@@ -221,6 +225,7 @@ type lease struct {
 	drainBy   time.Time
 	fenced    bool      // given up locally; the release write is pending
 	releaseAt time.Time // when to write the release (fenced only)
+	clean     bool      // acquired unowned or released (see Lease.Clean)
 	iv        *interval
 }
 
@@ -342,7 +347,7 @@ func (m *Membership) leasesLocked(now time.Time) []Lease {
 	var ls []Lease
 	for p, l := range m.held {
 		if m.usable(l, now) {
-			ls = append(ls, Lease{Partition: p, Epoch: l.epoch, Draining: l.draining})
+			ls = append(ls, Lease{Partition: p, Epoch: l.epoch, Draining: l.draining, Clean: l.clean})
 		}
 	}
 	slices.SortFunc(ls, func(a, b Lease) int { return a.Partition - b.Partition })

@@ -72,6 +72,13 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	f := newFleet(t)
 	a, b, c := f.join("a", nil), f.join("b", nil), f.join("c", nil)
 	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
+	for _, m := range []*Membership{a.Membership, b.Membership, c.Membership} {
+		for _, l := range m.Assignment().Leases {
+			if !l.Clean {
+				t.Errorf("first acquisition of partition %d by %s: Clean false, want true (never owned)", l.Partition, m.WorkerID())
+			}
+		}
+	}
 	left := owned(c.Membership)
 	c.close()
 	took := eventually(t, testRenew+slack, func() bool {
@@ -84,6 +91,7 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 		}
 		return true
 	}, "handover of %v to a and b", left)
+	checkClean(t, left, true, a.Membership, b.Membership) // released: no requests of c left open
 	// The fair-share bound may also move a partition between a and b: without OnChange
 	// that costs a SafetyMargin.
 	all := eventually(t, testRenew+testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
@@ -112,6 +120,7 @@ func TestCrashIsTakenOverWithinTTL(t *testing.T) {
 		}
 		return true
 	}, "takeover of %v", lost)
+	checkClean(t, lost, false, a.Membership, b.Membership) // expired: c may have requests open
 	all := eventually(t, testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
 	t.Logf("takeover after crash: %v (TTL %v), fair again after %v", took, testTTL, took+all)
 	if took < testTTL-testRenew-testMargin {
@@ -464,5 +473,19 @@ func TestRunAfterCloseAndTwice(t *testing.T) {
 	}
 	if _, err := kv.Get(context.Background(), memberPrefix+"solo"); err == nil {
 		t.Error("member key still present after Close")
+	}
+}
+
+// checkClean requires the leases the members hold of partitions ps to have Clean == want.
+func checkClean(t *testing.T, ps []int, want bool, ms ...*Membership) {
+	t.Helper()
+	for _, p := range ps {
+		for _, m := range ms {
+			for _, l := range m.Assignment().Leases {
+				if l.Partition == p && l.Clean != want {
+					t.Errorf("partition %d acquired by %s: Clean %v, want %v", p, m.WorkerID(), l.Clean, want)
+				}
+			}
+		}
 	}
 }

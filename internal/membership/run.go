@@ -381,6 +381,7 @@ func (m *Membership) rebalance(ctx context.Context) {
 		p      int
 		rev    uint64
 		create bool
+		clean  bool // unowned or released, not expired
 	}
 	type gc struct {
 		key string
@@ -456,8 +457,10 @@ func (m *Membership) rebalance(ctx context.Context) {
 		o := m.view[leaseKey(p)]
 		switch {
 		case o == nil || o.deleted:
-			acq = append(acq, acquire{p: p, create: true})
-		case o.owner == "", o.rev == m.lastRev[p], !now.Before(o.seen.Add(m.o.LeaseTTL)):
+			acq = append(acq, acquire{p: p, create: true, clean: true})
+		case o.owner == "":
+			acq = append(acq, acquire{p: p, rev: o.rev, clean: true})
+		case o.rev == m.lastRev[p], !now.Before(o.seen.Add(m.o.LeaseTTL)):
 			acq = append(acq, acquire{p: p, rev: o.rev})
 		}
 	}
@@ -486,7 +489,7 @@ func (m *Membership) rebalance(ctx context.Context) {
 			break // unreachable or slow: try again at the next step
 		}
 		m.mu.Lock()
-		l := &lease{epoch: rev, rev: rev, renewedAt: sent, nextRenew: sent.Add(m.o.RenewEvery)}
+		l := &lease{epoch: rev, rev: rev, renewedAt: sent, nextRenew: sent.Add(m.o.RenewEvery), clean: a.clean}
 		m.held[a.p] = l
 		m.lastRev[a.p] = rev
 		m.stats.Acquired++
