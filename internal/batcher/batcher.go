@@ -450,6 +450,23 @@ func (b *Batcher) Finish(id BatchID, hold ...string) {
 	}
 }
 
+// Free ends batch id's use of an in-flight slot while every one of its keys stays blocked,
+// held as by Finish with all its keys, until Release: for a caller whose DPS calls are done
+// but whose outcomes are not settled yet (acknowledgements on their way). Freeing an unknown
+// or finished batch does nothing.
+func (b *Batcher) Free(id BatchID) {
+	keys, ok := b.inFlight[id]
+	if !ok {
+		return
+	}
+	delete(b.inFlight, id)
+	for _, k := range keys {
+		ks := b.keys[k]
+		ks.inFlight = 0
+		ks.held = true
+	}
+}
+
 // Release lifts the hold on key set by Finish; its next entry becomes eligible. Releasing a key
 // that is not held does nothing.
 func (b *Batcher) Release(key string) {

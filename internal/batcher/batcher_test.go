@@ -505,3 +505,29 @@ func TestReadyN(t *testing.T) {
 		t.Fatalf("ReadyN(2): got %d batches and %d pending, want 2 and 10", len(got), b.Pending())
 	}
 }
+
+// TestFree: a freed batch gives its in-flight slot to the next batch while its keys stay
+// blocked until released.
+func TestFree(t *testing.T) {
+	b := mustNew(t, Config{Linger: time.Millisecond, MaxInFlight: 1})
+	mustAdd(t, b, t0, "a", OpCreate, 1)
+	mustAdd(t, b, t0, "a", OpDelete, 2)
+	mustAdd(t, b, t0, "b", OpDelete, 3)
+	first := b.Ready(t0.Add(time.Second))
+	if len(first) != 1 || len(first[0].Entries) != 1 || first[0].Entries[0].Key != "a" {
+		t.Fatalf("first batch: %+v, want a's create", first)
+	}
+	if got := b.Ready(t0.Add(time.Second)); len(got) != 0 {
+		t.Fatalf("with the slot taken: got %d batches, want 0", len(got))
+	}
+	b.Free(first[0].ID)
+	next := b.Ready(t0.Add(time.Second))
+	if len(next) != 1 || len(next[0].Entries) != 1 || next[0].Entries[0].Key != "b" {
+		t.Fatalf("after Free: %+v, want b's delete only (a stays blocked)", next)
+	}
+	b.Finish(next[0].ID)
+	b.Release("a")
+	if got := b.Ready(t0.Add(time.Second)); len(got) != 1 || got[0].Entries[0].Key != "a" {
+		t.Fatalf("after Release(a): %+v, want a's delete", got)
+	}
+}

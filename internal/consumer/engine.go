@@ -288,6 +288,7 @@ type entryResult struct {
 }
 
 type batchDone struct {
+	freed   bool // its batcher slot was freed when the DPS calls returned (keys held)
 	id      batcher.BatchID
 	isRetry bool
 	results []entryResult
@@ -314,10 +315,11 @@ type Engine struct {
 
 	in      chan inbound
 	done    chan batchDone
-	keyDone chan followDone // keys whose held followers were dead-lettered
-	lone    chan loneDone   // events dead-lettered outside a batch (invalid, held)
-	ctl     chan func()     // work from other goroutines run in the loop
-	quit    chan struct{}   // closed when Run returns: readers stop sending
+	called  chan batcher.BatchID // batches whose DPS calls returned (outcomes still settling)
+	keyDone chan followDone      // keys whose held followers were dead-lettered
+	lone    chan loneDone        // events dead-lettered outside a batch (invalid, held)
+	ctl     chan func()          // work from other goroutines run in the loop
+	quit    chan struct{}        // closed when Run returns: readers stop sending
 	stopReq chan struct{}
 	stopped chan struct{}
 	stopOne sync.Once
@@ -367,6 +369,7 @@ func NewEngine(opts Options) (*Engine, error) {
 		b:          b,
 		in:         make(chan inbound, 256),
 		done:       make(chan batchDone, 64),
+		called:     make(chan batcher.BatchID), // unbuffered: taken before the batch's done
 		keyDone:    make(chan followDone, 64),
 		lone:       make(chan loneDone, 64),
 		ctl:        make(chan func(), 16),
@@ -447,6 +450,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.abandonRetries()
 		case m := <-in:
 			e.accept(callCtx, m)
+		case id := <-e.called:
+			// The batch's DPS calls returned: its slot goes to the next batch while its
+			// keys stay held until its outcomes are settled (acknowledged).
+			e.b.Free(id)
+			e.opts.Metrics.inFlight(callCtx, -1)
 		case d := <-e.done:
 			e.complete(callCtx, d)
 		case f := <-e.keyDone:
@@ -856,6 +864,13 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 				attribute.Int("dpsync.items", len(items))))
 		outs := e.opts.Apply.Apply(spanCtx, items)
 		span.End()
+		if !d.isRetry {
+			select {
+			case e.called <- d.id:
+				d.freed = true
+			case <-ctx.Done():
+			}
+		}
 		now := e.opts.Now()
 		var acks []*msgState
 		for j, i := range live {
@@ -1171,7 +1186,9 @@ type followDone struct {
 func (e *Engine) complete(ctx context.Context, d batchDone) {
 	now := e.opts.Now()
 	e.inFlight--
-	e.opts.Metrics.inFlight(ctx, -1)
+	if !d.freed {
+		e.opts.Metrics.inFlight(ctx, -1)
+	}
 	var hold []string
 	for _, r := range d.results {
 		key := r.entry.Key
@@ -1245,7 +1262,16 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 			}
 		}
 	}
-	if !d.isRetry {
+	switch {
+	case d.isRetry:
+	case d.freed:
+		// Freed with every key held: release those that do not stay held.
+		for _, r := range d.results {
+			if !slices.Contains(hold, r.entry.Key) {
+				e.b.Release(r.entry.Key)
+			}
+		}
+	default:
 		e.b.Finish(d.id, hold...)
 	}
 }

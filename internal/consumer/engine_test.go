@@ -1159,3 +1159,78 @@ func TestEngineDropsASettledEventDeliveredAsNew(t *testing.T) {
 		t.Fatalf("key k applied as %s, want %s (the settled update not applied again)", got, want)
 	}
 }
+
+// slowAckMsg is a fakeMsg whose acknowledgement waits for release.
+type slowAckMsg struct {
+	*fakeMsg
+	release chan struct{}
+}
+
+func (m *slowAckMsg) DoubleAck(ctx context.Context) error {
+	select {
+	case <-m.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return m.fakeMsg.DoubleAck(ctx)
+}
+
+// TestEngineFreesTheSlotWhenDPSCallsReturn: the number of batches in flight bounds DPS calls,
+// not acknowledgements: while one batch's acks are on their way, the next batch is applied
+// (its key is another); the first batch's key stays blocked until its acks are confirmed.
+func TestEngineFreesTheSlotWhenDPSCallsReturn(t *testing.T) {
+	fa := newFakeApplier(nil)
+	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
+		Batcher: batcher.Config{Linger: time.Millisecond, MaxInFlight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = eng.Run(ctx) }()
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }); cancel(); <-eng.Done() })
+	send := func(m jetstream.Msg, data []byte) {
+		in := inbound{msg: m, partition: 0, epoch: 1}
+		in.meta, in.metaErr = m.Metadata()
+		in.dec, in.decErr = testDecode(data)
+		eng.in <- in
+	}
+	event := func(seq uint64, ev testEvent) (*fakeMsg, []byte) {
+		b, _ := json.Marshal(ev)
+		return &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
+			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: 1}}, b
+	}
+	f1, b1 := event(1, testEvent{ID: "1", Key: "k1", Op: "create", V: 1})
+	send(&slowAckMsg{fakeMsg: f1, release: release}, b1)
+	m2, b2 := event(2, testEvent{ID: "2", Key: "k1", Op: "update", V: 2})
+	send(m2, b2)
+	m3, b3 := event(3, testEvent{ID: "3", Key: "k2", Op: "create", V: 3})
+	send(m3, b3)
+	deadline := time.Now().Add(5 * time.Second)
+	for { // k2 applied while k1's first ack is still waiting
+		fa.mu.Lock()
+		n2, n1 := len(fa.log["k2"]), len(fa.log["k1"])
+		fa.mu.Unlock()
+		if n2 == 1 {
+			if n1 != 1 {
+				t.Fatalf("k1 applied %d times while its first event's ack waits, want 1 (its next event held)", n1)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("k2 was not applied while k1's batch waited for its acks: the slot was not freed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	once.Do(func() { close(release) })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if acks, _ := m2.counts(); acks == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("k1's second event was not applied after the first one's ack")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
