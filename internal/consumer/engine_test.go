@@ -1205,7 +1205,7 @@ func TestEngineFreesTheSlotWhenDPSCallsReturn(t *testing.T) {
 	send(&slowAckMsg{fakeMsg: f1, release: release}, b1)
 	m2, b2 := event(2, testEvent{ID: "2", Key: "k1", Op: "update", V: 2})
 	send(m2, b2)
-	m3, b3 := event(3, testEvent{ID: "3", Key: "k2", Op: "create", V: 3})
+	m3, b3 := event(3, testEvent{ID: "3", Key: "k2", Op: "delete", V: 3}) // another group: a batch of its own
 	send(m3, b3)
 	deadline := time.Now().Add(5 * time.Second)
 	for { // k2 applied while k1's first ack is still waiting
