@@ -225,3 +225,18 @@ func (a dpsAdapter) Get(ctx context.Context, it applier.Item) (applier.Item, err
 	e := resp.IndividualEnrollment
 	return applier.Item{Kind: applier.KindEnrollment, Enrollment: &e}, nil
 }
+
+func (a dpsAdapter) Attestation(ctx context.Context, it applier.Item) (*dps.AttestationMechanism, error) {
+	if it.Kind == applier.KindGroup {
+		resp, err := a.c.GetEnrollmentGroupAttestationMechanism(ctx, it.ID(), nil)
+		if err != nil {
+			return nil, err
+		}
+		return &resp.AttestationMechanism, nil
+	}
+	resp, err := a.c.GetEnrollmentAttestationMechanism(ctx, it.ID(), nil)
+	if err != nil {
+		return nil, err
+	}
+	return &resp.AttestationMechanism, nil
+}

@@ -167,6 +167,9 @@ type DPS interface {
 	Put(ctx context.Context, it Item, ifMatch string) (etag string, err error)
 	// Get reads the current content of the item's id.
 	Get(ctx context.Context, it Item) (Item, error)
+	// Attestation reads the attestation of the item's id with its secrets (symmetric keys),
+	// which Get does not return.
+	Attestation(ctx context.Context, it Item) (*dps.AttestationMechanism, error)
 }
 
 // Options configure an Applier.
@@ -483,27 +486,43 @@ func (a *Applier) holds(ctx context.Context, it Item) (holding, error) {
 		return holdsUnknown, err
 	}
 	a.known.set(cacheKey(it), idState{exists: 1, etag: cur.ETag()})
-	if SameContent(it, cur) {
-		return holdsItsOwn, nil
-	}
-	for _, p := range it.Prior {
-		if SameContent(p, cur) {
-			return holdsPrior, nil
+	h, match := holdsOther, Item{}
+	switch {
+	case SameContent(it, cur):
+		h, match = holdsItsOwn, it
+	default:
+		for _, p := range it.Prior {
+			if SameContent(p, cur) {
+				h, match = holdsPrior, p
+				break
+			}
 		}
 	}
-	if it.Later == nil {
+	if h == holdsOther && it.Later != nil {
+		later, err := it.Later(ctx)
+		if err != nil {
+			return holdsUnknown, err
+		}
+		for _, l := range later {
+			if SameContent(l, cur) {
+				h, match = holdsLater, l
+				break
+			}
+		}
+	}
+	if h == holdsOther {
 		return holdsOther, nil
 	}
-	later, err := it.Later(ctx)
-	if err != nil {
+	// Same content; the secrets the event supplies must be DPS's too, or the enrollment is
+	// someone else's that merely looks alike (its devices would hold other keys).
+	ok, err := a.secretsMatch(ctx, match, cur)
+	switch {
+	case err != nil:
 		return holdsUnknown, err
+	case !ok:
+		return holdsOther, nil
 	}
-	for _, l := range later {
-		if SameContent(l, cur) {
-			return holdsLater, nil
-		}
-	}
-	return holdsOther, nil
+	return h, nil
 }
 
 // errText is err's text for a reason a person reads (classify's wording for DPS errors).

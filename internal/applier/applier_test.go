@@ -26,13 +26,36 @@ type fakeDPS struct {
 	failAll error  // every call fails with this
 	// getErr makes every GET fail with it.
 	getErr error
+	// keys holds the primary symmetric key of each id (lower id → key) as written.
+	keys map[string]string
 	// bulkUpdateAbsent404 makes a bulk update of an absent id fail with 404201 instead of
 	// creating it (DPS.md leaves the real answer unconfirmed).
 	bulkUpdateAbsent404 bool
 	n                   int
 }
 
-func newFake() *fakeDPS { return &fakeDPS{store: map[string]string{}, content: map[string]string{}} }
+func newFake() *fakeDPS {
+	return &fakeDPS{store: map[string]string{}, content: map[string]string{}, keys: map[string]string{}}
+}
+
+// keyOf is the primary symmetric key an item supplies, or a generated one.
+func (f *fakeDPS) keyOf(it Item) string {
+	if a := it.Enrollment.Attestation; a != nil && a.SymmetricKey != nil && a.SymmetricKey.PrimaryKey != "" {
+		return a.SymmetricKey.PrimaryKey
+	}
+	return "generated-" + f.etag()
+}
+
+func (f *fakeDPS) Attestation(_ context.Context, it Item) (*dps.AttestationMechanism, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "attestation("+it.ID()+")")
+	id := strings.ToLower(it.ID())
+	if _, ok := f.store[id]; !ok {
+		return nil, respErr(http.StatusNotFound, 404201)
+	}
+	return &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey, SymmetricKey: &dps.SymmetricKeyAttestation{PrimaryKey: f.keys[id]}}, nil
+}
 
 func respErr(status, code int) error {
 	return &azcore.ResponseError{StatusCode: status, ErrorCode: fmt.Sprint(code)}
@@ -91,6 +114,7 @@ func (f *fakeDPS) Bulk(_ context.Context, kind Kind, mode dps.BulkMode, items []
 		}
 		f.store[id] = f.etag()
 		f.content[id] = it.Enrollment.DeviceID
+		f.keys[id] = f.keyOf(it)
 	}
 	return errs, nil
 }
@@ -114,6 +138,7 @@ func (f *fakeDPS) Put(_ context.Context, it Item, ifMatch string) (string, error
 	}
 	f.store[id] = f.etag()
 	f.content[id] = it.Enrollment.DeviceID
+	f.keys[id] = f.keyOf(it)
 	return f.store[id], nil
 }
 
@@ -296,6 +321,24 @@ func TestApply(t *testing.T) {
 			items:     []Item{item(dps.BulkModeCreate, "a", "1")},
 			want:      "transient",
 			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
+			name: "a create answered 409201 finding its content but other supplied keys is permanent (someone else's enrollment)",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"], f.keys["a"] = "e0", "1", "b3RoZXIga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi4uLi4="
+			},
+			items:     []Item{withKey(item(dps.BulkModeCreate, "a", "1"), "bXkga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi4uLi4uLi4=")},
+			want:      "permanent",
+			wantCalls: "bulk-create[a] get(a) attestation(a)",
+		},
+		{
+			name: "a create answered 409201 finding its content and its supplied keys counts as applied",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"], f.keys["a"] = "e0", "1", "bXkga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi4uLi4uLi4="
+			},
+			items:     []Item{withKey(item(dps.BulkModeCreate, "a", "1"), "bXkga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi4uLi4uLi4=")},
+			want:      "applied",
+			wantCalls: "bulk-create[a] get(a) attestation(a)",
 		},
 		{
 			name:      "an update without a known etag is one PUT If-Match *",
@@ -531,4 +574,12 @@ func TestPutsOfABatchAreConcurrent(t *testing.T) {
 	if got := classes(out); got != "applied,applied,applied" {
 		t.Fatalf("got %s (%v), want applied,applied,applied", got, out)
 	}
+}
+
+// withKey returns it supplying primaryKey as its symmetric key.
+func withKey(it Item, primaryKey string) Item {
+	e := *it.Enrollment
+	e.Attestation = &dps.AttestationMechanism{Type: dps.AttestationTypeSymmetricKey, SymmetricKey: &dps.SymmetricKeyAttestation{PrimaryKey: primaryKey}}
+	it.Enrollment = &e
+	return it
 }
