@@ -227,8 +227,10 @@ func transientNATSError(err error) bool {
 		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrNoServers):
 		return true
 	}
+	// Only "unavailable" and timeouts: JetStream answers 500 to some configuration errors
+	// too (a duplicate window under its minimum), which must fail at once.
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.Code == 408 || apiErr.Code >= 500)
+	return errors.As(err, &apiErr) && (apiErr.Code == 408 || apiErr.Code == 503 || apiErr.Code == 504)
 }
 
 // successorIn reads the next event stored on a subject of s (one key's subject) after a

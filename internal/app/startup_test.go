@@ -23,6 +23,7 @@ func TestTransientNATSError(t *testing.T) {
 		{fmt.Errorf("create stream: %w", context.DeadlineExceeded), true},
 		{nats.ErrTimeout, true},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10058, Description: "stream name already in use with a different configuration"}, false},
+		{&jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "duplicates window can not be less than 100ms"}, false},
 		{errors.New("stream DPS_EVENTS is partitioned 8 ways, the worker is configured for 16"), false},
 	} {
 		if got := transientNATSError(tc.err); got != tc.want {

@@ -179,15 +179,21 @@ func article(s string) string {
 	return "a " + s
 }
 
-// gotValue quotes a short enum or const value (never a secret: enum and const fields are
-// names such as operation or type).
+// gotValue quotes the wrong value of an enum or const field when it looks like the names
+// those fields take (operation, type…); anything else — long, or with characters names do not
+// have — is not shown: it may be a key pasted into the wrong field.
 func gotValue(v any) string {
 	s, ok := v.(string)
 	if !ok {
 		return fmt.Sprintf(", not %v", v)
 	}
-	if len(s) > 40 {
-		s = s[:40] + "…"
+	// The shortest key DPS accepts is 16 bytes, 24 characters of base64, and base64 has no
+	// '.': a value is shown when it is short, or a dotted name (a CloudEvents type).
+	nameLike := strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_.:/-", r))
+	}) < 0
+	if !nameLike || len(s) > 60 || len(s) > 20 && !strings.Contains(s, ".") {
+		return fmt.Sprintf(", not the value given (%d characters, not shown: it may be a secret)", len(s))
 	}
 	return fmt.Sprintf(", not %q", s)
 }

@@ -359,3 +359,19 @@ func FuzzSubjectToken(f *testing.F) {
 		}
 	})
 }
+
+// TestWrongEnumValueIsNotQuotedWhenItMayBeASecret: a key pasted into an enum field must not
+// reach the dead-letter reason; a short name is quoted to help.
+func TestWrongEnumValueIsNotQuotedWhenItMayBeASecret(t *testing.T) {
+	key := "bXkga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi4uLi4uLi4="
+	for _, tc := range []struct {
+		value     string
+		wantShown bool
+	}{{"symmetrickey", true}, {"text/plain", true}, {"com.example.device.v1", true}, {key, false}, {key[:24], false},
+		{"bXkga2V5IG9mIDMyIGJ5dGVzIC4uLi4uLi", false}, {"a b", false}} {
+		got := gotValue(tc.value)
+		if shown := strings.Contains(got, tc.value); shown != tc.wantShown {
+			t.Errorf("gotValue(%q) = %q: value shown %v, want %v", tc.value, got, shown, tc.wantShown)
+		}
+	}
+}
