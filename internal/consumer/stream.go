@@ -74,8 +74,8 @@ func (c StreamConfig) Validate() error {
 		return fmt.Errorf("stream replicas: %d is outside 1..5", c.Replicas)
 	case c.MaxAge < 0:
 		return fmt.Errorf("stream max age: %v is negative", c.MaxAge)
-	case c.DuplicateWindow < 0 || c.DuplicateWindow > c.MaxAge:
-		return fmt.Errorf("stream duplicate window: %v must be between 0 and the max age %v", c.DuplicateWindow, c.MaxAge)
+	case c.DuplicateWindow < 100*time.Millisecond || c.DuplicateWindow > c.MaxAge:
+		return fmt.Errorf("stream duplicate window: %v must be between 100ms (JetStream's minimum) and the max age %v", c.DuplicateWindow, c.MaxAge)
 	case strings.ContainsAny(c.Prefix, "*> ") || strings.ContainsAny(c.PartitionPrefix, "*> "):
 		return errors.New("stream subject prefixes must not contain wildcards or spaces")
 	}
@@ -165,8 +165,8 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 			cfg.Name, have.SubjectTransform.Destination, want.SubjectTransform.Destination)
 	}
 	if have.Storage != want.Storage {
-		// Storage cannot change in place; keep what exists.
-		want.Storage = have.Storage
+		return nil, fmt.Errorf("stream %s keeps its events in %s storage, configuration asks for %s: JetStream cannot change a stream's storage in place; drain the stream and delete it (or use another --stream name) to change it",
+			cfg.Name, strings.ToLower(have.Storage.String()), strings.ToLower(want.Storage.String()))
 	}
 	s, err = js.UpdateStream(ctx, want)
 	if err != nil {

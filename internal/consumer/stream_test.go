@@ -95,6 +95,7 @@ func TestStreamConfigValidate(t *testing.T) {
 		{StreamConfig{Partitions: 2000}, "partitions"},
 		{StreamConfig{Replicas: 7}, "replicas"},
 		{StreamConfig{DuplicateWindow: time.Hour, MaxAge: time.Minute}, "duplicate window"},
+		{StreamConfig{DuplicateWindow: 50 * time.Millisecond}, "100ms"},
 		{StreamConfig{Prefix: "a.*"}, "wildcards"},
 	}
 	for _, tt := range tests {
@@ -105,5 +106,22 @@ func TestStreamConfigValidate(t *testing.T) {
 	}
 	if err := (StreamConfig{}).Validate(); err != nil {
 		t.Errorf("defaults: got %v, want nil", err)
+	}
+}
+
+// TestEnsureStreamRefusesAStorageChange: JetStream cannot change a stream's storage; asking
+// for it is a configuration error the worker reports at start, not something it ignores.
+func TestEnsureStreamRefusesAStorageChange(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := context.Background()
+	if _, err := EnsureStream(ctx, js, StreamConfig{Name: "S1", MemoryStorage: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := EnsureStream(ctx, js, StreamConfig{Name: "S1"})
+	if err == nil || !strings.Contains(err.Error(), "memory storage") || !strings.Contains(err.Error(), "file") {
+		t.Fatalf("file storage asked of a memory stream: got %v, want an error naming both", err)
+	}
+	if _, err := EnsureStream(ctx, js, StreamConfig{Name: "S1", MemoryStorage: true}); err != nil {
+		t.Fatalf("same storage again: got %v, want nil", err)
 	}
 }
