@@ -460,28 +460,6 @@ func TestWholeRequestRejectionDeadLettersOnlyTheBadItem(t *testing.T) {
 	}
 }
 
-func Test429StormSlowsDownAndLosesNothing(t *testing.T) {
-	s := newStack(t, emulator.Options{})
-	s.worker(func(o *Options) { o.QuotaPerMinute = 6000 })
-	setFaults(t, s, emulator.Faults{ThrottleFor: emulator.Duration(3 * time.Second)})
-	var evs []*event.Event
-	for i := 0; i < 200; i++ {
-		evs = append(evs, event.NewEnrollment(dps.BulkModeCreate, tagged(fmt.Sprint("storm-", i), i)))
-	}
-	s.publish(evs...)
-	s.settle(2 * time.Minute)
-	if ls := s.letters(); len(ls) != 0 {
-		t.Fatalf("%d dead letters after a 429 storm, want 0: %+v", len(ls), ls[0])
-	}
-	if got := s.enrollments(); len(got) != 200 {
-		t.Fatalf("%d enrollments, want 200", len(got))
-	}
-	c := counters(t, s)
-	if c.Throttled == 0 {
-		t.Fatal("the emulator answered no 429: the storm did not happen")
-	}
-}
-
 func TestRestartMidStreamLosesNothing(t *testing.T) {
 	s := newStack(t, emulator.Options{Faults: emulator.Faults{Latency: emulator.Duration(5 * time.Millisecond)}})
 	var evs []*event.Event
