@@ -102,6 +102,7 @@ func Run(ctx context.Context, o Options) error {
 		KeepAlive:   keepAliveFor(o.Consumer.AckWait),
 		Successor:   successorIn(stream),
 		Budget:      fleet.pace.Available,
+		Class:       ap.Class,
 		// A letter, like a DPS write, is made under the lease: each attempt within the margin.
 		LetterTimeout: o.DPSTryTimeout,
 		Fence:         fleet.fence,

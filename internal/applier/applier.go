@@ -231,6 +231,32 @@ func idx(n int) []int {
 	return s
 }
 
+// Call classes of Class.
+const (
+	ClassBulk = 0 // the item can ride in a bulk call
+	ClassPut  = 1 // the item needs a call of its own (PUT If-Match: *)
+)
+
+// Class tells, from what the applier knows now, whether it would send it in a bulk call or in
+// a call of its own (an update of an id that exists, etag unknown). A caller that groups items
+// by it (batcher.Config.Class) fills bulk calls with items that all go in them. Knowledge can
+// change before Apply; Apply decides again, so the class only groups.
+func (a *Applier) Class(it Item) int {
+	if it.Op != dps.BulkModeUpdate {
+		return ClassBulk
+	}
+	st := a.known.get(cacheKey(it))
+	switch {
+	case st.etag != "", st.exists < 0:
+		return ClassBulk
+	case st.exists > 0:
+		return ClassPut
+	case a.stats.unknownUsuallyExist():
+		return ClassPut
+	}
+	return ClassBulk
+}
+
 // applyUpdates applies update items (no etag condition: an update replaces whatever exists,
 // or creates) with as few DPS operations as it can, steered by what the applier knows of
 // each id from its own earlier calls (knowledge only decides which call is tried first;

@@ -583,3 +583,31 @@ func withKey(it Item, primaryKey string) Item {
 	it.Enrollment = &e
 	return it
 }
+
+// TestClass: an update goes in a call of its own exactly when the applier would PUT it.
+func TestClass(t *testing.T) {
+	ctx := context.Background()
+	f := newFake()
+	a, err := New(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.store["put"], f.store["del"] = "e0", "e0"
+	a.Apply(ctx, []Item{item(dps.BulkModeUpdate, "put", "1")})  // PUT: etag learned
+	a.Apply(ctx, []Item{item(dps.BulkModeCreate, "made", "1")}) // bulk create: exists, etag unknown
+	a.Apply(ctx, []Item{item(dps.BulkModeDelete, "del", "")})   // bulk delete: absent
+	for _, tc := range []struct {
+		it   Item
+		want int
+	}{
+		{item(dps.BulkModeCreate, "new", "1"), ClassBulk},
+		{item(dps.BulkModeUpdate, "put", "2"), ClassBulk},    // etag known
+		{item(dps.BulkModeUpdate, "made", "2"), ClassPut},    // exists, etag unknown
+		{item(dps.BulkModeUpdate, "del", "2"), ClassBulk},    // absent: the bulk update creates it
+		{item(dps.BulkModeUpdate, "unknown", "2"), ClassPut}, // unknown ids usually exist (the prior)
+	} {
+		if got := a.Class(tc.it); got != tc.want {
+			t.Errorf("Class(%s %s) = %d, want %d", tc.it.Op, tc.it.ID(), got, tc.want)
+		}
+	}
+}

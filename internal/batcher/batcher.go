@@ -130,6 +130,11 @@ type Config struct {
 	// Coalesce folds adjacent pending items of a key where the DPS result is unchanged (see the
 	// package doc).
 	Coalesce bool
+	// Class, if set, splits the entries of one (kind, op) into separate batches by its
+	// result. It is asked when an entry becomes its key's head with the key free, so it may
+	// depend on the outcome of the key's previous batch (e.g. whether an update can ride in a
+	// bulk call or needs a call of its own).
+	Class func(Entry) int
 }
 
 // DefaultConfig returns the default configuration, with coalescing on.
@@ -224,9 +229,10 @@ type Batch struct {
 // entry is a pending Entry plus bookkeeping.
 type entry struct {
 	Entry
-	seq  uint64    // order of creation; lower is older
-	at   time.Time // when its first item was added
-	hidx int       // index in its group's heap, -1 when not eligible
+	seq   uint64    // order of creation; lower is older
+	at    time.Time // when its first item was added
+	hidx  int       // index in its group's heap, -1 when not eligible
+	class int       // Config.Class when it became eligible
 }
 
 type keyState struct {
@@ -237,8 +243,9 @@ type keyState struct {
 }
 
 type groupKey struct {
-	kind string
-	op   Op
+	kind  string
+	op    Op
+	class int
 }
 
 // entryHeap orders eligible heads of one group by age.
@@ -352,7 +359,11 @@ func (b *Batcher) makeEligible(ks *keyState) {
 	if head.hidx >= 0 {
 		return
 	}
-	gk := groupKey{head.Kind, head.Op}
+	head.class = 0
+	if b.cfg.Class != nil {
+		head.class = b.cfg.Class(head.Entry)
+	}
+	gk := groupKey{head.Kind, head.Op, head.class}
 	h := b.groups[gk]
 	if h == nil {
 		h = &entryHeap{}
@@ -524,7 +535,7 @@ func (b *Batcher) TakeKey(key string) []Entry {
 	}
 	head := ks.queue[0]
 	if head.hidx >= 0 {
-		gk := groupKey{head.Kind, head.Op}
+		gk := groupKey{head.Kind, head.Op, head.class}
 		h := b.groups[gk]
 		heap.Remove(h, head.hidx)
 		if h.Len() == 0 {

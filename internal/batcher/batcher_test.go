@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,7 +88,8 @@ func TestNewAppliesDefaults(t *testing.T) {
 	b := mustNew(t, Config{})
 	got := b.Config()
 	want := Config{MaxItems: 10, Linger: 25 * time.Millisecond, MaxInFlight: 4, MaxPending: 10000}
-	if got != want {
+	if got.MaxItems != want.MaxItems || got.Linger != want.Linger || got.MaxInFlight != want.MaxInFlight ||
+		got.MaxPending != want.MaxPending || got.Coalesce != want.Coalesce || got.Class != nil {
 		t.Fatalf("Config() = %+v, want %+v", got, want)
 	}
 }
@@ -529,5 +531,41 @@ func TestFree(t *testing.T) {
 	b.Release("a")
 	if got := b.Ready(t0.Add(time.Second)); len(got) != 1 || got[0].Entries[0].Key != "a" {
 		t.Fatalf("after Release(a): %+v, want a's delete", got)
+	}
+}
+
+// TestClassSplitsAGroup: entries of one kind and op go into separate batches by class,
+// asked when an entry becomes its key's head with the key free.
+func TestClassSplitsAGroup(t *testing.T) {
+	asked := map[string]int{}
+	b := mustNew(t, Config{Linger: time.Millisecond, MaxInFlight: 8, Class: func(e Entry) int {
+		asked[e.Key]++
+		return int(e.Key[0]-'a') % 2 // a, c, e… class 0; b, d… class 1
+	}})
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		mustAdd(t, b, t0, k, OpUpdate, 1)
+	}
+	mustAdd(t, b, t0, "a", OpUpdate, 2) // behind a's first: not eligible yet
+	got := b.Ready(t0.Add(time.Second))
+	var sets []string
+	for _, bt := range got {
+		var keys []string
+		for _, e := range bt.Entries {
+			keys = append(keys, e.Key)
+		}
+		slices.Sort(keys)
+		sets = append(sets, strings.Join(keys, ""))
+	}
+	slices.Sort(sets)
+	if want := []string{"ace", "bd"}; !slices.Equal(sets, want) {
+		t.Fatalf("batches %v, want %v (one per class)", sets, want)
+	}
+	if asked["a"] != 1 {
+		t.Fatalf("class of a's entries asked %d times before its first batch finished, want 1 (its second is not eligible)", asked["a"])
+	}
+	b.Finish(got[0].ID)
+	b.Finish(got[1].ID)
+	if asked["a"] != 2 {
+		t.Fatalf("class asked %d times for a after its first batch finished, want 2 (its next entry became the head)", asked["a"])
 	}
 }

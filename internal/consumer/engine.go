@@ -160,6 +160,10 @@ type Options struct {
 	// it) with a sequence above after; found is false when there is none. The engine uses
 	// it to read a redelivered create's next events of its key (applier.Item.Later).
 	Successor func(ctx context.Context, subject string, after uint64) (data []byte, seq uint64, found bool, err error)
+	// Class, if set, groups the items of one kind and operation into separate batches by its
+	// result (batcher.Config.Class): the applier's applier.Applier.Class, so that bulk calls
+	// hold only items that go in them.
+	Class func(applier.Item) int
 	// Budget, if set, says how many DPS calls the worker may make right now and, when none,
 	// how long until the next: the engine forms only that many new batches and lets the rest
 	// keep filling (and coalescing) in the batcher, instead of forming them to wait for the
@@ -357,7 +361,15 @@ func NewEngine(opts Options) (*Engine, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	b, err := batcher.New(opts.Batcher)
+	bcfg := opts.Batcher
+	if opts.Class != nil {
+		bcfg.Class = func(en batcher.Entry) int {
+			it := en.Value.(*msgState).dec.Item
+			it.Op = modeOf(en.Op) // coalescing may have changed it
+			return opts.Class(it)
+		}
+	}
+	b, err := batcher.New(bcfg)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
