@@ -175,10 +175,12 @@ func Run(ctx context.Context, o Options) error {
 	// Graceful stop: leases go after the engine stopped touching DPS.
 	stopCtx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
 	defer cancel()
+	settled := false // every event acknowledged or given back: the leases are released settled
 	if engDone != nil {
 		eng.Stop()
 		select {
 		case runErr = <-engDone:
+			settled = runErr == nil
 		case <-stopCtx.Done():
 			log.Warn("graceful stop timed out; unacknowledged events will be redelivered")
 			hardStop()
@@ -186,7 +188,15 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	<-redriveDone
-	fleet.close(stopCtx)
+	closeCtx := stopCtx
+	if stopCtx.Err() != nil { // the stop used the whole timeout: still release the leases
+		var cancelClose context.CancelFunc
+		closeCtx, cancelClose = context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancelClose()
+	}
+	if err := fleet.close(closeCtx, settled); err != nil {
+		log.Warn("leases not all released; the others take them over when they expire", "err", err)
+	}
 	if runErr != nil && !errors.Is(runErr, context.Canceled) {
 		return runErr
 	}

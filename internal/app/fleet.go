@@ -61,7 +61,7 @@ func startFleet(ctx context.Context, js jetstream.JetStream, o *Options, td *tea
 		defer close(f.runDone)
 		_ = m.Run(runCtx)
 	}()
-	td.add("membership", func(ctx context.Context) error { return f.close(ctx) })
+	td.add("membership", func(ctx context.Context) error { return f.close(ctx, false) })
 	return f, nil
 }
 
@@ -94,8 +94,14 @@ func (f *fleet) fence(p int, epoch uint64) bool {
 	return ok && e == epoch
 }
 
-func (f *fleet) close(ctx context.Context) error {
-	err := f.m.Close(ctx)
+// close releases the leases: settled when the engine stopped with every event acknowledged
+// or given back (the next owners read at once), else unsettled (they wait for redelivery).
+func (f *fleet) close(ctx context.Context, settled bool) error {
+	closeM := f.m.CloseUnsettled
+	if settled {
+		closeM = f.m.Close
+	}
+	err := closeM(ctx)
 	f.cancel()
 	<-f.runDone
 	return err
@@ -131,18 +137,22 @@ func (pm *partitionManager) apply(a membership.Assignment) {
 		l, ok := want[p]
 		switch {
 		case !ok || l.Epoch != epoch:
+			// Lost: the engine gives its events back; the lease is gone already.
 			delete(pm.active, p)
 			delete(pm.draining, p)
-			pm.eng.Detach(p, false, nil)
+			pm.eng.Detach(p, nil)
 		case l.Draining && !pm.draining[p]:
+			// Handed over: the engine gives back what is not in a DPS call, and once the
+			// calls returned (nothing of p left in its hands) the lease is released settled,
+			// so the next owner reads at once.
 			pm.draining[p] = true
-			pm.eng.Detach(p, true, func() {
-				pm.fleet.m.Release(p)
+			pm.eng.Detach(p, func() {
+				pm.fleet.m.Release(p, epoch)
 				pm.mu.Lock()
 				if pm.active[p] == epoch {
 					delete(pm.active, p)
+					delete(pm.draining, p)
 				}
-				delete(pm.draining, p)
 				pm.mu.Unlock()
 			})
 		}
@@ -160,10 +170,11 @@ func (pm *partitionManager) apply(a membership.Assignment) {
 }
 
 // start attaches partition p once the previous owner's unacknowledged events can come back
-// first: right away when it handed over cleanly (nothing pending), else after AckWait, when
-// the server redelivers them ahead of newer events. Failures (JetStream unavailable during
-// an election, a node down) are retried for as long as this worker holds the lease: a
-// partition that is owned must be read.
+// first: right away when it released the lease settled (Lease.Clean: each of its events
+// acknowledged or given back with a nak, which the server redelivers ahead of newer
+// events), else after AckWait, when the server redelivers them ahead of newer events.
+// Failures (JetStream unavailable during an election, a node down) are retried for as long
+// as this worker holds the lease: a partition that is owned must be read.
 func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 	log := pm.o.Logger.With("component", "partitions", "partition", p, "epoch", epoch)
 	ctx := context.Background()
@@ -174,12 +185,14 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 	}) {
 		return
 	}
-	// The previous owner's pull requests may still be open at the server (it is paused or
-	// cut off, not dead): no request outlives PullExpiry, and it sends none once its lease
-	// is gone. What the server handed it comes back when unacknowledged for AckWait. So:
-	// pull nothing until its requests are over, then until nothing of the partition is
-	// unacknowledged or AckWait has passed — the server then redelivers those events first,
-	// ahead of newer ones of their keys.
+	// Not clean: the previous owner's pull requests may still be open at the server (it is
+	// paused or cut off, not dead): no request outlives PullExpiry, and it sends none once
+	// its lease is gone. What the server handed it comes back when unacknowledged for
+	// AckWait. So: pull nothing until its requests are over, then until nothing of the
+	// partition is unacknowledged or AckWait has passed — the server then redelivers those
+	// events first, ahead of newer ones of their keys. Clean: its requests are over and
+	// what it did not acknowledge it gave back, so it is redelivered first already; the
+	// reader collects those events (ReadOptions.Redeliveries) and hands them on in order.
 	ackWait := pm.o.Consumer.AckWait
 	if ackWait == 0 {
 		ackWait = 15 * time.Second
@@ -191,7 +204,7 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 	acquired := time.Now()
 	requestsOver := acquired.Add(pullExpiry)
 	if clean {
-		requestsOver = acquired // nobody's requests can still be open (Lease.Clean)
+		requestsOver = acquired
 	}
 	deadline := requestsOver.Add(ackWait + time.Second)
 	unacked := 0 // the previous owner's events, coming back (ReadOptions.Redeliveries)
@@ -201,19 +214,19 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 			return
 		}
 		now := time.Now()
-		if now.After(deadline) {
-			break
-		}
-		if now.After(requestsOver) {
+		if !now.Before(requestsOver) {
 			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			info, err := cons.Info(ictx)
 			cancel()
 			if err == nil {
 				unacked = info.NumAckPending
-				if unacked == 0 {
+				if unacked == 0 || clean {
 					break
 				}
 			}
+		}
+		if now.After(deadline) {
+			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

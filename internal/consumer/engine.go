@@ -309,6 +309,9 @@ type inbound struct {
 	metaErr   error
 	dec       Decoded
 	decErr    error
+	// after, if set, is not a message: the loop runs it when it comes up, after every
+	// message sent before it (see Detach).
+	after func()
 }
 
 // Engine is the processing core of a worker. Create it with NewEngine, start Run in one
@@ -340,6 +343,12 @@ type Engine struct {
 	// blocked counts, per key, letters being stored outside a batch (invalid or held events):
 	// the key's later events are parked until they are stored.
 	blocked map[string]int
+	// leaving holds the partitions being detached and the epoch being left (see Detach):
+	// their events not in a DPS call or a letter write go back to the server.
+	leaving map[int]uint64
+	// aside holds, per partition, events to give back once its reader's open pull request
+	// is over (see giveBack); they stay held (and kept alive) until then.
+	aside map[int][]*msgState
 	// budgetWake is when the DPS budget allows the next batch (zero: not waiting for it).
 	budgetWake time.Time
 	// settled remembers recently settled events (stream sequence → when), see accept.
@@ -394,14 +403,19 @@ func NewEngine(opts Options) (*Engine, error) {
 		perPart:    make(map[int]int),
 		unchecked:  make(map[string][]*msgState),
 		blocked:    make(map[string]int),
+		leaving:    make(map[int]uint64),
+		aside:      make(map[int][]*msgState),
 		settled:    newSettledSet(opts.StaleWindow),
 		parts:      make(map[int]*partitionReader),
 	}, nil
 }
 
-// Stop asks Run to finish gracefully: stop reading, flush the batcher, finish in-flight
-// calls and dead letters, then return. Events waiting for a retry stay unacknowledged and
-// come back on the next start. Stop does not wait; Run's return (or Done) tells.
+// Stop asks Run to finish gracefully: stop reading, give back (nak, in stream order) every
+// event not in a DPS call or a dead-letter write — waiting in the batcher, for a retry or
+// for a hold check — so that the partitions' next owner (or this worker's next start) gets
+// them first and at once, finish the DPS calls and dead letters in flight, then return.
+// When Run returns nil, no event is left unacknowledged in the worker's hands. Stop does
+// not wait; Run's return (or Done) tells.
 func (e *Engine) Stop() { e.stopOne.Do(func() { close(e.stopReq) }) }
 
 // Done is closed when Run has returned.
@@ -433,7 +447,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.recheckHolds(callCtx, now)
 		}
 		e.dispatchReady(callCtx, now)
-		if e.stopping && e.inFlight == 0 && e.background == 0 && e.b.Pending() == 0 && e.readersDone() {
+		if e.stopping && e.inFlight == 0 && e.background == 0 && e.b.Pending() == 0 && len(e.aside) == 0 && e.readersDone() {
 			return nil
 		}
 		// Backpressure: while the batcher is full, events stay with the readers (and the
@@ -459,9 +473,13 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.stopping = true
 			e.opts.Logger.Info("stopping: no more pulls, finishing in-flight work")
 			e.stopAllReaders()
-			e.abandonRetries()
+			e.giveBackAll()
 		case m := <-in:
-			e.accept(callCtx, m)
+			if m.after != nil {
+				m.after()
+			} else {
+				e.accept(callCtx, m)
+			}
 		case id := <-e.called:
 			// The batch's DPS calls returned: its slot goes to the next batch while its
 			// keys stay held until its outcomes are settled (acknowledged).
@@ -540,12 +558,6 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 		return
 	}
 	st.seq = meta.Sequence.Stream
-	if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
-		// Pulled under an ownership that is over: give it back at once, so the server
-		// redelivers it ahead of the partition's newer events.
-		_ = in.msg.Nak()
-		return
-	}
 	if held, dup := e.bySeq[st.seq]; dup {
 		_ = in.msg.InProgress()
 		held.lastProgress = now
@@ -566,6 +578,13 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 			case <-ctx.Done():
 			}
 		}()
+		return
+	}
+	if !e.ours(st) {
+		// Pulled under an ownership that is over or being handed over: give it back, so
+		// the server redelivers it to the next owner ahead of newer events.
+		e.track(st)
+		e.giveBack([]*msgState{st})
 		return
 	}
 	st.redelivered = meta.NumDelivered > 1
@@ -710,7 +729,7 @@ func (e *Engine) recheckHolds(ctx context.Context, now time.Time) {
 				q = q[1:]
 				continue
 			}
-			if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+			if !e.ours(st) {
 				e.giveBack(q) // the partition's new owner gets them, in order
 				q = nil
 				break
@@ -833,7 +852,7 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 	for i, en := range entries {
 		d.results[i] = entryResult{entry: en, kind: kind, op: op}
 		st := en.Value.(*msgState)
-		if e.opts.Fence != nil && !e.opts.Fence(st.partition, st.epoch) {
+		if !e.ours(st) {
 			d.results[i].fenced = true
 			continue
 		}
@@ -1204,11 +1223,10 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 	var hold []string
 	for _, r := range d.results {
 		key := r.entry.Key
-		if !r.fenced && !r.final && e.opts.Fence != nil {
-			// A failed attempt of a partition lost meanwhile is not retried here: the new
-			// owner has the events.
-			st := r.entry.Value.(*msgState)
-			r.fenced = !e.opts.Fence(st.partition, st.epoch)
+		if !r.fenced && !r.final {
+			// A failed attempt of a partition lost or left meanwhile is not retried here:
+			// the next owner has the events.
+			r.fenced = !e.ours(r.entry.Value.(*msgState))
 		}
 		switch {
 		case r.fenced:
@@ -1239,11 +1257,6 @@ func (e *Engine) complete(ctx context.Context, d batchDone) {
 			}
 			if d.isRetry {
 				e.b.Release(key)
-			}
-		case r.outcome.Class == applier.Transient && e.stopping:
-			e.abandonKey(key, r.entry)
-			if !d.isRetry {
-				hold = append(hold, key)
 			}
 		case r.outcome.Class == applier.Transient:
 			rs := e.retries[key]
@@ -1322,9 +1335,21 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 	}()
 }
 
+// ours reports whether the worker still works on st: its partition's lease holds (Fence)
+// and the partition is not being detached (leaving). Events that are not ours go back.
+func (e *Engine) ours(st *msgState) bool {
+	if e.stopping {
+		return false
+	}
+	if ep, ok := e.leaving[st.partition]; ok && ep == st.epoch {
+		return false
+	}
+	return e.opts.Fence == nil || e.opts.Fence(st.partition, st.epoch)
+}
+
 // dropPartition gives back every event of partition p the engine holds and that is not in a
 // DPS call: pending in the batcher, waiting for a retry, or parked behind a hold check. Called
-// when p was lost; the calls in flight settle when they return. The events are nak'd in stream
+// when p is left (handed over, lost) or at Stop; the calls in flight settle when they return. The events are nak'd in stream
 // order, so the server queues them for redelivery at once, ahead of newer events of p: whoever
 // reads p next (the new owner, or this worker at a new epoch) gets them first, in order.
 func (e *Engine) dropPartition(p int) {
@@ -1351,14 +1376,42 @@ func (e *Engine) dropPartition(p int) {
 		return
 	}
 	e.giveBack(dropped)
-	e.opts.Logger.Info("partition lost: gave its held events back for redelivery", "partition", p, "events", len(dropped))
+	e.opts.Logger.Info("partition left: its events not in a DPS call were given back for redelivery", "partition", p, "events", len(dropped))
 }
 
-// giveBack forgets sts, events of a partition this worker lost, and naks them in stream
-// order: the server queues them for redelivery at once, ahead of the partition's newer
-// events, so the next owner gets them first and in order (left to AckWait, they would come
-// back after newer events of their keys).
+// giveBack forgets sts, events of partitions this worker lost or leaves, and naks them in
+// stream order: the server queues them for redelivery at once, ahead of the partitions'
+// newer events, so the next owner gets them first and in order (left to AckWait, they would
+// come back after newer events of their keys). While a partition's reader still has a pull
+// request open, its events are set aside instead and given back when the request is over:
+// the server would redeliver a nak'd event into that open request, and nak'd again it
+// would queue behind the others, out of order.
 func (e *Engine) giveBack(sts []*msgState) {
+	byPart := map[int][]*msgState{}
+	for _, st := range sts {
+		if _, ok := e.held[st]; ok {
+			byPart[st.partition] = append(byPart[st.partition], st)
+		}
+	}
+	for p, ps := range byPart {
+		if e.readerRunning(p) {
+			e.aside[p] = append(e.aside[p], ps...)
+			continue
+		}
+		e.nakInOrder(append(e.aside[p], ps...))
+		delete(e.aside, p)
+	}
+}
+
+// flushAside gives back what was set aside for p, once p's reader has no request open.
+func (e *Engine) flushAside(p int) {
+	if sts := e.aside[p]; len(sts) > 0 {
+		delete(e.aside, p)
+		e.nakInOrder(sts)
+	}
+}
+
+func (e *Engine) nakInOrder(sts []*msgState) {
 	slices.SortFunc(sts, func(a, b *msgState) int { return cmp.Compare(a.seq, b.seq) })
 	for _, st := range sts {
 		if _, ok := e.held[st]; !ok {
@@ -1369,29 +1422,30 @@ func (e *Engine) giveBack(sts []*msgState) {
 	}
 }
 
-// abandonRetries forgets events waiting for a retry at shutdown: they stay unacknowledged
-// and come back on the next start.
-func (e *Engine) abandonRetries() {
-	for key, r := range e.retries {
-		if r.due.IsZero() {
-			continue // in flight; its result settles it
-		}
-		e.abandonKey(key, r.entry)
+// readerRunning reports whether p's reader may still have a pull request open.
+func (e *Engine) readerRunning(p int) bool {
+	e.partsMu.Lock()
+	r := e.parts[p]
+	e.partsMu.Unlock()
+	if r == nil {
+		return false
+	}
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
 	}
 }
 
-// abandonKey drops entry and every later event of key unacknowledged, and keeps key blocked
-// for the rest of the run: nothing of the key may overtake the abandoned event, which comes
-// back by redelivery.
-func (e *Engine) abandonKey(key string, entry batcher.Entry) {
-	for _, st := range statesOf(entry) {
-		e.untrack(st)
+// giveBackAll gives back, at Stop, every held event not in a DPS call or a letter write.
+func (e *Engine) giveBackAll() {
+	ps := map[int]bool{}
+	for st := range e.held {
+		ps[st.partition] = true
 	}
-	delete(e.retries, key)
-	for _, en := range e.b.TakeKey(key) {
-		for _, st := range statesOf(en) {
-			e.untrack(st)
-		}
+	for p := range ps {
+		e.dropPartition(p)
 	}
 }
 

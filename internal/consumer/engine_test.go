@@ -562,15 +562,19 @@ func TestEngineFencedPartitionIsNotApplied(t *testing.T) {
 	}
 }
 
-func TestEngineGracefulStopFinishesWork(t *testing.T) {
+// TestEngineStopGivesBackPendingEvents: Stop does not apply what waits in the batcher (under
+// a DPS quota that could take the whole shutdown timeout); it gives it back with a nak, in
+// stream order, so that the next reader gets it at once — not after AckWait — and Run
+// returns nil: nothing is left unacknowledged in the worker's hands.
+func TestEngineStopGivesBackPendingEvents(t *testing.T) {
 	fa := newFakeApplier(nil)
 	r := newRig(t, 2, Options{Apply: fa, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Linger: time.Hour}})
 	var evs []testEvent
 	for i := 0; i < 7; i++ { // fewer than a full batch
-		evs = append(evs, testEvent{ID: fmt.Sprint(i), Key: fmt.Sprint("k", i), Op: "create", V: i})
+		evs = append(evs, testEvent{ID: fmt.Sprint(i), Key: fmt.Sprint("k", i%3), Op: "update", V: i})
 	}
 	r.publish(evs...)
-	// The linger is an hour: nothing goes out until Stop flushes.
+	// The linger is an hour: nothing goes out.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, unacked := r.backlog()
@@ -591,11 +595,102 @@ func TestEngineGracefulStopFinishesWork(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after Stop")
 	}
-	r.waitAcked(2 * time.Second) // acks are in the connection's buffer when Run returns
+	fa.mu.Lock()
+	applied := len(fa.log)
+	fa.mu.Unlock()
+	if applied != 0 {
+		t.Fatalf("applied %d keys while stopping, want 0 (given back)", applied)
+	}
+	// The rig's engine keeps its events alive (InProgress every 500 ms, AckWait 2 s): only a
+	// nak brings them back within a few hundred milliseconds.
+	got := 0
+	for p := 0; p < 2; p++ {
+		got += len(r.redelivered(p, 700*time.Millisecond))
+	}
+	if got != 7 {
+		t.Fatalf("%d events redelivered at once after Stop, want 7", got)
+	}
+}
+
+// redelivered pulls partition p for within and returns the stream sequences of what comes,
+// checking that each is a redelivery and that they come in stream order.
+func (r *rig) redelivered(p int, within time.Duration) []uint64 {
+	r.t.Helper()
+	cons, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(p))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	batch, err := cons.Fetch(100, jetstream.FetchMaxWait(within))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var seqs []uint64
+	for m := range batch.Messages() {
+		meta, err := m.Metadata()
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if meta.NumDelivered < 2 {
+			r.t.Errorf("partition %d: seq %d delivered %d times, want a redelivery", p, meta.Sequence.Stream, meta.NumDelivered)
+		}
+		if n := len(seqs); n > 0 && meta.Sequence.Stream < seqs[n-1] {
+			r.t.Errorf("partition %d: seq %d redelivered after %d: not in stream order", p, meta.Sequence.Stream, seqs[n-1])
+		}
+		seqs = append(seqs, meta.Sequence.Stream)
+	}
+	return seqs
+}
+
+// TestEngineHandoverGivesBackWhatIsNotInFlight: a partition handed over (Detach with
+// onDrained) gives back at once, in order, the events not in a DPS call, lets the call in
+// flight finish and be acknowledged, and only then calls onDrained (the lease may go).
+func TestEngineHandoverGivesBackWhatIsNotInFlight(t *testing.T) {
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	inCall := make(chan struct{}, 1)
+	fa := newFakeApplier(nil)
+	ap := &blockingApplier{inner: fa, block: func(it applier.Item) {
+		if it.Enrollment.DeviceID == "1" {
+			inCall <- struct{}{}
+			<-release
+		}
+	}}
+	r := newRig(t, 1, Options{Apply: ap, DeadLetters: &fakeDLQ{}, Batcher: batcher.Config{Coalesce: false}})
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // before the rig's: never leave the call blocked
+	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1},
+		testEvent{ID: "2", Key: "k", Op: "update", V: 2}, testEvent{ID: "3", Key: "k", Op: "update", V: 3})
+	<-inCall // event 1 is in its DPS call; 2 and 3 wait behind it
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, unacked := r.backlog(); unacked == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the engine did not take all three events")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	drained := make(chan struct{})
+	r.eng.Detach(0, func() { close(drained) })
+	// Given back when the reader's open request is over (PullExpiry, 2 s), not kept alive.
+	if seqs := r.redelivered(0, DefaultPullExpiry+time.Second); len(seqs) != 2 {
+		t.Fatalf("redelivered after the handover began: seqs %v, want the 2 events not in flight", seqs)
+	}
+	select {
+	case <-drained:
+		t.Fatal("onDrained called while an event was in a DPS call")
+	case <-time.After(100 * time.Millisecond):
+	}
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("onDrained not called after the call returned")
+	}
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
-	if len(fa.log) != 7 {
-		t.Fatalf("applied %d keys before stopping, want 7", len(fa.log))
+	if got := strings.Join(fa.log["k"], ","); got != "create:1" {
+		t.Fatalf("key k applied as %s, want create:1 (the rest is the next owner's)", got)
 	}
 }
 
@@ -704,7 +799,7 @@ func TestEngineReattachAfterLoss(t *testing.T) {
 	<-inCall // event 1 is in its DPS call; event 2 waits behind it
 
 	epoch.Store(0, uint64(2)) // lost epoch 1, won epoch 2
-	r.eng.Detach(0, false, nil)
+	r.eng.Detach(0, nil)
 	cons, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(0))
 	if err != nil {
 		t.Fatal(err)
@@ -988,22 +1083,16 @@ func TestEngineStoresNoLetterForALostPartition(t *testing.T) {
 	r := newRig(t, 1, Options{Apply: fa, DeadLetters: dl, Fence: func(_ int, e uint64) bool { return e == epoch.Load() }})
 	r.publish(testEvent{ID: "1", Key: "k", Op: "create", V: 1})
 	deadline := time.Now().Add(10 * time.Second)
-	for { // given back: the server redelivers it at once (nak), not after AckWait
-		c, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := c.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if attempts.Load() >= 2 && info.NumRedelivered > 0 || info.NumAckPending == 0 && attempts.Load() >= 2 {
-			break
-		}
+	for attempts.Load() < 2 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the event was not given back: %d publish attempts, %d redelivered, %d unacknowledged", attempts.Load(), info.NumRedelivered, info.NumAckPending)
+			t.Fatalf("%d letter publish attempts, want 2", attempts.Load())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Given back once the reader's open request is over: the server redelivers it at once
+	// (nak), not after AckWait.
+	if seqs := r.redelivered(0, DefaultPullExpiry+time.Second); len(seqs) != 1 {
+		t.Fatalf("the event was not given back: redelivered %v, want its one seq", seqs)
 	}
 	time.Sleep(300 * time.Millisecond)
 	if n := attempts.Load(); n != 2 {

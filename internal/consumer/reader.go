@@ -102,6 +102,14 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 func (e *Engine) read(r *partitionReader) {
 	defer e.wg.Done()
 	defer close(r.done)
+	// Last, behind every message this reader handed on: what was set aside for the
+	// partition while its request was open goes back now (see Engine.giveBack).
+	defer func() {
+		select {
+		case e.in <- inbound{after: func() { e.flushAside(r.p) }}:
+		case <-e.quit:
+		}
+	}()
 	if r.ro.Redeliveries > 0 && !e.readRedeliveries(r) {
 		return
 	}
@@ -213,12 +221,15 @@ func (e *Engine) readRedeliveries(r *partitionReader) bool {
 	return true
 }
 
-// Detach stops reading partition p. With graceful, messages already pulled are still
-// processed and onDrained (if not nil) is called from the engine's loop once the worker holds
-// no event of p anymore: only then may another worker take p without reordering. Without
-// graceful (ownership lost), pulled events are dropped unacknowledged as they come up, and
-// onDrained is called the same way.
-func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
+// Detach stops reading partition p, because it is handed over or lost. The events of p the
+// worker holds that are not in a DPS call or a dead-letter write go back to the server (nak,
+// in stream order: it redelivers them first, to the next owner), with those the open pull
+// request still brings, as soon as that request is over (≤ PullExpiry); what is in a DPS call or a letter write settles when that
+// returns (under Fence: applied is acknowledged, anything else given back). onDrained (if
+// not nil) is called once the worker holds no event of p anymore — for a handover, the
+// moment to release the lease (then the next owner may read at once: nothing of p is left
+// unacknowledged in this worker's hands).
+func (e *Engine) Detach(p int, onDrained func()) {
 	e.partsMu.Lock()
 	r, ok := e.parts[p]
 	if !ok || r.detached {
@@ -230,18 +241,27 @@ func (e *Engine) Detach(p int, graceful bool, onDrained func()) {
 	}
 	r.detached = true // the reader sends no new request; the one open runs out (≤ PullExpiry)
 	r.onDrained = onDrained
+	epoch := r.epoch
 	e.partsMu.Unlock()
-	go func() {
-		<-r.done
-		check := func() { e.partitionIdleCheck(p) }
-		if !graceful {
-			// Ownership is lost: the events of p the engine holds are the new owner's now.
-			// Drop them at once (those in a DPS call settle when it returns), so that a new
-			// attachment of p starts without them.
-			check = func() { e.dropPartition(p); e.partitionIdleCheck(p) }
+	leave := func() {
+		e.leaving[p] = epoch
+		e.dropPartition(p) // set aside while the reader's request is open
+		if !e.readerRunning(p) {
+			e.flushAside(p)
 		}
+		e.partitionIdleCheck(p)
+	}
+	go func() {
 		select {
-		case e.ctl <- check:
+		case e.ctl <- leave: // what the engine holds now
+		case <-e.quit:
+			return
+		}
+		<-r.done
+		// And what the last request brought: through the reader's channel, behind its
+		// messages, so that none of them comes up after p counts as drained.
+		select {
+		case e.in <- inbound{after: leave}:
 		case <-e.quit:
 		}
 	}()

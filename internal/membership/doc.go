@@ -93,7 +93,7 @@
 //	go m.Run(runCtx)        // owner loop; returns when runCtx ends or Close is called
 //	…
 //	epoch, ok := m.Owns(p)  // before each DPS call of partition p
-//	m.Release(p)            // after a Draining partition was drained
+//	m.Release(p, epoch)     // after a Draining partition was drained
 //	…
 //	m.Close(ctx)            // after the partitions' consumers stopped
 //

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,6 +117,29 @@ func (f *fleet) join(id string, mod func(*Options)) *member {
 		w.stopRun()
 	})
 	w.run()
+	return w
+}
+
+// joinReleasing joins a member whose OnChange releases each draining partition at once, as
+// a worker does that holds no event of it: its handovers are settled (Lease.Clean).
+func (f *fleet) joinReleasing(id string) *member {
+	f.t.Helper()
+	var self atomic.Pointer[Membership]
+	w := f.join(id, func(o *Options) {
+		o.OnChange = func(a Assignment) {
+			for _, l := range a.Leases {
+				if l.Draining {
+					go func() {
+						for self.Load() == nil {
+							time.Sleep(time.Millisecond)
+						}
+						self.Load().Release(l.Partition, l.Epoch)
+					}()
+				}
+			}
+		}
+	})
+	self.Store(w.Membership)
 	return w
 }
 

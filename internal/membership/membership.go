@@ -159,9 +159,12 @@ type Lease struct {
 	// Draining: the partition belongs to another member now. Stop taking new work from it,
 	// finish what is in flight (Owns stays true meanwhile), then call Release.
 	Draining bool
-	// Clean: the partition had no owner before this one, or its owner released it; not an
-	// expired lease of a worker that died or stopped answering (which may still have pull
-	// requests open at the server for a while).
+	// Clean: the partition had no owner before this one, or its owner released it settled —
+	// through Release or Close, with none of its events left in its hands (each one
+	// acknowledged or given back with a nak, so the server redelivers those first). Not
+	// clean: the lease expired (a worker that died or stopped answering may still have pull
+	// requests open and events unacknowledged), or its owner released it unsettled (drain
+	// timeout, CloseUnsettled): its events come back only when their AckWait runs out.
 	Clean bool
 }
 
@@ -225,7 +228,8 @@ type lease struct {
 	drainBy   time.Time
 	fenced    bool      // given up locally; the release write is pending
 	releaseAt time.Time // when to write the release (fenced only)
-	clean     bool      // acquired unowned or released (see Lease.Clean)
+	clean     bool      // acquired unowned or released settled (see Lease.Clean)
+	unsettled bool      // fenced with events possibly still held: the release says so
 	iv        *interval
 }
 
@@ -241,6 +245,7 @@ type interval struct {
 type observed struct {
 	rev       uint64
 	owner     string // leases: owner ("" released); members: unused
+	unsettled bool   // leases: released by an owner that may have left events unacknowledged
 	deleted   bool
 	seen      time.Time // local time this revision was first seen
 	confirmed bool      // seen by the current watcher
@@ -248,7 +253,10 @@ type observed struct {
 
 type leaseValue struct {
 	Owner string `json:"owner"`
-	Epoch uint64 `json:"epoch,omitempty"`
+	// Unsettled marks a release whose owner may have left events of the partition
+	// unacknowledged (see Lease.Clean).
+	Unsettled bool   `json:"unsettled,omitempty"`
+	Epoch     uint64 `json:"epoch,omitempty"`
 }
 
 type memberValue struct {
@@ -373,15 +381,18 @@ func (m *Membership) Stats() Stats {
 }
 
 // Release gives up partition p: Owns(p) is false from now on and Run writes the lease as
-// released, so that the next owner takes it at once. Call it when a Draining partition has
-// no work in flight any more. Releasing a partition that is still desired for this worker
-// makes Run acquire it again under a new epoch. Releasing a partition not held does nothing.
-func (m *Membership) Release(p int) {
+// released (settled), so that the next owner takes it at once and reads it right away. Call
+// it when a Draining partition has no event in the worker's hands any more (each one
+// acknowledged or given back). Releasing a partition that is still desired for this worker
+// makes Run acquire it again under a new epoch. Releasing a partition not held at epoch
+// does nothing.
+func (m *Membership) Release(p int, epoch uint64) {
 	m.mu.Lock()
 	l := m.held[p]
-	if l != nil && !l.fenced {
+	if l != nil && !l.fenced && l.epoch == epoch {
 		now := m.o.Clock.Now()
 		m.fenceLocked(p, l, now, now)
+		l.unsettled = false
 	}
 	m.mu.Unlock()
 	select {
@@ -390,9 +401,11 @@ func (m *Membership) Release(p int) {
 	}
 }
 
-// fenceLocked stops using l at now; the release is written at releaseAt.
+// fenceLocked stops using l at now; the release is written at releaseAt, as unsettled
+// unless the caller says otherwise.
 func (m *Membership) fenceLocked(p int, l *lease, now, releaseAt time.Time) {
 	l.fenced = true
+	l.unsettled = true
 	l.releaseAt = releaseAt
 	if l.iv != nil && now.Before(l.iv.to) {
 		l.iv.to = now
@@ -400,13 +413,21 @@ func (m *Membership) fenceLocked(p int, l *lease, now, releaseAt time.Time) {
 	m.log.Info("partition fenced", "partition", p, "epoch", l.epoch)
 }
 
-// Close stops Run (if active) and waits for it, releases every held lease and deletes this
-// worker's member key, so that the others take the partitions over at once. Call it after
-// the work of the partitions stopped. Owns is false from the start of Close. Close is
+// Close stops Run (if active) and waits for it, releases every held lease (settled) and
+// deletes this worker's member key, so that the others take the partitions over at once.
+// Call it after the work of the partitions stopped with every event acknowledged or given
+// back; when events may be left unacknowledged (a stop that timed out) call CloseUnsettled.
+// Owns is false from the start of Close. Close is
 // idempotent; when the bucket is unreachable it gives up after one request timeout (the
 // leases then expire after LeaseTTL) but still waits, within ctx, for the bucket watch to
 // stop (up to the connection's JetStream timeout, 5s by default).
-func (m *Membership) Close(ctx context.Context) error {
+func (m *Membership) Close(ctx context.Context) error { return m.close(ctx, false) }
+
+// CloseUnsettled is Close for a worker that may have left events unacknowledged: the next
+// owners take the partitions at once but wait for those events' redelivery before reading.
+func (m *Membership) CloseUnsettled(ctx context.Context) error { return m.close(ctx, true) }
+
+func (m *Membership) close(ctx context.Context, unsettled bool) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -429,6 +450,7 @@ func (m *Membership) Close(ctx context.Context) error {
 	for p, l := range m.held {
 		if !l.fenced {
 			m.fenceLocked(p, l, now, now)
+			l.unsettled = unsettled
 		}
 		ps = append(ps, p)
 	}

@@ -70,12 +70,12 @@ func TestFairSplitOfThree(t *testing.T) {
 
 func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	f := newFleet(t)
-	a, b, c := f.join("a", nil), f.join("b", nil), f.join("c", nil)
+	a, b, c := f.joinReleasing("a"), f.joinReleasing("b"), f.joinReleasing("c")
 	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
 	for _, m := range []*Membership{a.Membership, b.Membership, c.Membership} {
 		for _, l := range m.Assignment().Leases {
 			if !l.Clean {
-				t.Errorf("first acquisition of partition %d by %s: Clean false, want true (never owned)", l.Partition, m.WorkerID())
+				t.Errorf("acquisition of partition %d by %s: Clean false, want true (never owned, or released by its owner)", l.Partition, m.WorkerID())
 			}
 		}
 	}
@@ -101,6 +101,43 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	}
 	a.close()
 	b.close()
+	f.checkIntervals()
+}
+
+// TestUnsettledReleaseIsNotClean: a worker that stops with events possibly unacknowledged
+// (CloseUnsettled), or a partition fenced at its drain timeout, is released at once but not
+// clean: the next owner must wait for the redelivery of those events before reading.
+func TestUnsettledReleaseIsNotClean(t *testing.T) {
+	f := newFleet(t)
+	a, b, c := f.join("a", nil), f.join("b", nil), f.join("c", nil)
+	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
+	left := owned(c.Membership)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.CloseUnsettled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.stopRun()
+	eventually(t, testRenew+slack, func() bool {
+		for _, p := range left {
+			_, okA := a.Owns(p)
+			_, okB := b.Owns(p)
+			if !okA && !okB {
+				return false
+			}
+		}
+		return true
+	}, "handover of %v to a and b", left)
+	checkClean(t, left, false, a.Membership, b.Membership)
+	// Without OnChange a partition that moves is fenced at once (its drain timeout): the
+	// release is unsettled too.
+	eventually(t, testRenew+testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
+	d := f.join("d", nil)
+	eventually(t, 3*testTTL, func() bool { return fair(a, b, d) }, "fair split with d")
+	checkClean(t, owned(d.Membership), false, d.Membership)
+	a.close()
+	b.close()
+	d.close()
 	f.checkIntervals()
 }
 
@@ -152,7 +189,7 @@ func TestJoinerGetsFairShareAfterDrain(t *testing.T) {
 					mu.Unlock()
 					time.AfterFunc(50*time.Millisecond, func() {
 						drained.Add(1)
-						a.Release(l.Partition)
+						a.Release(l.Partition, l.Epoch)
 					})
 				}
 			}

@@ -178,7 +178,7 @@ func (m *Membership) apply(e jetstream.KeyValueEntry) {
 			if err := json.Unmarshal(e.Value(), &v); err != nil {
 				v.Owner = "?" // unreadable: treat as held by somebody, it expires like any lease
 			}
-			o.owner = v.Owner
+			o.owner, o.unsettled = v.Owner, v.Unsettled
 		}
 		m.view[k] = o
 	}
@@ -265,8 +265,8 @@ func (m *Membership) release(ctx context.Context, p int) error {
 		return nil
 	}
 	rev := l.rev
+	v, _ := json.Marshal(leaseValue{Unsettled: l.unsettled})
 	m.mu.Unlock()
-	v, _ := json.Marshal(leaseValue{})
 	rctx, cancel := m.request(ctx)
 	defer cancel()
 	nrev, err := m.kv.Update(rctx, leaseKey(p), v, rev)
@@ -381,7 +381,7 @@ func (m *Membership) rebalance(ctx context.Context) {
 		p      int
 		rev    uint64
 		create bool
-		clean  bool // unowned or released, not expired
+		clean  bool // unowned or released settled, not expired (Lease.Clean)
 	}
 	type gc struct {
 		key string
@@ -459,7 +459,7 @@ func (m *Membership) rebalance(ctx context.Context) {
 		case o == nil || o.deleted:
 			acq = append(acq, acquire{p: p, create: true, clean: true})
 		case o.owner == "":
-			acq = append(acq, acquire{p: p, rev: o.rev, clean: true})
+			acq = append(acq, acquire{p: p, rev: o.rev, clean: !o.unsettled})
 		case o.rev == m.lastRev[p], !now.Before(o.seen.Add(m.o.LeaseTTL)):
 			acq = append(acq, acquire{p: p, rev: o.rev})
 		}
