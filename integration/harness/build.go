@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,12 +108,40 @@ func (b *Builder) goBuild(ctx context.Context, out, pkg string, race bool) error
 		args = append(args, "-race")
 	}
 	args = append(args, pkg)
+	if strings.HasPrefix(pkg, "./") {
+		noteSources(root)
+	}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, firstLines(string(msg), 20))
 	}
 	return nil
+}
+
+// noteSources opens the module's Go sources, go.mod, go.sum and JSON files (schemas are
+// embedded). go test caches a package's result keyed on its own build and on the files the
+// test opens; the worker is built with go build, which the cache does not see, so without
+// this a changed worker would be reported by a cached pass.
+func noteSources(root string) {
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(name, ".go") || strings.HasSuffix(name, ".json") || name == "go.mod" || name == "go.sum" {
+			if f, err := os.Open(path); err == nil {
+				f.Close()
+			}
+		}
+		return nil
+	})
 }
 
 func firstLines(s string, n int) string {

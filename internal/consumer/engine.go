@@ -1347,11 +1347,11 @@ func (e *Engine) ours(st *msgState) bool {
 	return e.opts.Fence == nil || e.opts.Fence(st.partition, st.epoch)
 }
 
-// dropPartition gives back every event of partition p the engine holds and that is not in a
-// DPS call: pending in the batcher, waiting for a retry, or parked behind a hold check. Called
-// when p is left (handed over, lost) or at Stop; the calls in flight settle when they return. The events are nak'd in stream
-// order, so the server queues them for redelivery at once, ahead of newer events of p: whoever
-// reads p next (the new owner, or this worker at a new epoch) gets them first, in order.
+// dropPartition gives back (see giveBack) every event of partition p the engine holds and
+// that is not in a DPS call: pending in the batcher, waiting for a retry, or parked behind a
+// hold check. Called when p is left (handed over, lost) and at Stop; the calls in flight
+// settle when they return. Whoever reads p next (the new owner, or this worker at a new
+// epoch) gets the events first, in order.
 func (e *Engine) dropPartition(p int) {
 	keys := map[string]bool{}
 	for st := range e.held {
