@@ -140,9 +140,10 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	return e
 }
 
-// keepLogs copies every log of a failed test to a directory that outlives it.
+// keepLogs copies every log of a failed test (of every test with DPSYNC_KEEP_LOGS=1) to a
+// directory that outlives it.
 func (e *env) keepLogs() {
-	if !e.t.Failed() {
+	if !e.t.Failed() && os.Getenv("DPSYNC_KEEP_LOGS") != "1" {
 		return
 	}
 	dir, err := os.MkdirTemp("", "dpsync-it-"+strings.ReplaceAll(e.t.Name(), "/", "_")+"-")

@@ -166,7 +166,7 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 	fs.DurationVar(&o.DLQMaxAge, "dlq-max-age", 0, "drop dead letters older than this (0 = keep them until replayed or purged: an expired letter is a lost event)")
 	fs.DurationVar(&o.DLQDuplicateWindow, "dlq-duplicate-window", 10*time.Minute, "how long the dead-letter stream remembers letter ids; longer than --ack-wait plus a restart, so a redelivered event does not store its letter twice")
 	fs.DurationVar(&o.Consumer.AckWait, "ack-wait", 15*time.Second, "consumer AckWait")
-	fs.IntVar(&o.Consumer.MaxAckPending, "max-ack-pending", 1000, "unacknowledged events per partition")
+	fs.IntVar(&o.Consumer.MaxAckPending, "max-ack-pending", consumer.DefaultMaxAckPending, "unacknowledged events per partition: bounds memory (partitions owned × this many events held); deeper coalesces more under the quota")
 
 	fs.IntVar(&o.Batcher.MaxItems, "batch-size", 10, "items per DPS bulk call (1-10)")
 	fs.DurationVar(&o.Batcher.Linger, "linger", 25*time.Millisecond, "how long a partial batch waits for more items")

@@ -69,6 +69,14 @@ func startWorkerProc(cfg config, bin string, e *env, id string, quota int) (*wor
 	)
 	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"DPSYNC_DPS_CONNECTION_STRING=" + e.emu.ConnectionString()}
+	// Worker settings and Go runtime knobs of the benchmark's environment reach the worker
+	// processes (DPSYNC_MAX_ACK_PENDING=…, GOMEMLIMIT=…, GOGC=…), so they can be compared.
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if name != "DPSYNC_DPS_CONNECTION_STRING" && (strings.HasPrefix(name, "DPSYNC_") || name == "GOMEMLIMIT" || name == "GOGC") {
+			w.cmd.Env = append(w.cmd.Env, kv)
+		}
+	}
 	w.cmd.Stdout, w.cmd.Stderr = f, f
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := w.cmd.Start(); err != nil {

@@ -1531,52 +1531,74 @@ const HeaderPosition = "Dpsync-Position"
 // event came from (internal/dlq sets it).
 const HeaderReplayOf = "Dpsync-Replay-Of"
 
-// settledSet remembers the stream sequences of settled events for a while. It is owned by
-// the engine's loop.
+// settledSet remembers stream sequences settled within a window, as a bitmap in blocks of
+// settledBlockSize sequences: what the worker settles in a window is a nearly dense run of
+// the stream's sequences, so a million cost a few hundred blocks of 512 bytes, where a map
+// entry per sequence cost ~90 MB. A block goes when its newest sequence is older than the
+// window, so a sequence may be remembered longer than the window, never shorter; that is
+// safe, as no delivery of a settled sequence is ever needed again (a replay is a new
+// sequence). It is owned by the engine's loop.
 type settledSet struct {
 	window time.Duration
-	at     map[uint64]time.Time
-	order  []settledEntry // in the order added, for pruning
+	blocks map[uint64]*settledBlock // by seq / settledBlockSize
 }
 
-type settledEntry struct {
-	seq uint64
-	at  time.Time
+type settledBlock struct {
+	bits [settledBlockSize / 64]uint64
+	last time.Time // when the block's newest sequence was added
 }
 
-// maxSettled bounds the set whatever the rate: at 20,000 events/s a 2-minute window would
-// hold 2.4 M entries; the oldest go first.
-const maxSettled = 1 << 20
+const (
+	settledBlockSize = 4096
+	// maxSettledBlocks bounds the set whatever the rate or the spread of sequences (16 M
+	// sequences when dense, 2 MB of bits); the blocks added to least recently go first.
+	maxSettledBlocks = 4096
+)
 
 func newSettledSet(window time.Duration) *settledSet {
-	return &settledSet{window: window, at: make(map[uint64]time.Time)}
+	return &settledSet{window: window, blocks: make(map[uint64]*settledBlock)}
 }
 
 func (s *settledSet) add(seq uint64, now time.Time) {
-	if _, ok := s.at[seq]; !ok {
-		s.order = append(s.order, settledEntry{seq, now})
+	id := seq / settledBlockSize
+	b := s.blocks[id]
+	if b == nil {
+		if len(s.blocks) >= maxSettledBlocks {
+			s.dropOldest()
+		}
+		b = &settledBlock{}
+		s.blocks[id] = b
 	}
-	s.at[seq] = now
-	for len(s.order) > maxSettled {
-		s.drop()
-	}
+	i := seq % settledBlockSize
+	b.bits[i/64] |= 1 << (i % 64)
+	b.last = now
 }
 
-func (s *settledSet) has(seq uint64) bool { _, ok := s.at[seq]; return ok }
+func (s *settledSet) has(seq uint64) bool {
+	b := s.blocks[seq/settledBlockSize]
+	if b == nil {
+		return false
+	}
+	i := seq % settledBlockSize
+	return b.bits[i/64]&(1<<(i%64)) != 0
+}
 
 func (s *settledSet) prune(now time.Time) {
-	for len(s.order) > 0 && now.Sub(s.order[0].at) > s.window {
-		s.drop()
-	}
-	if cap(s.order) > 1024 && len(s.order) < cap(s.order)/4 {
-		s.order = append([]settledEntry(nil), s.order...)
+	for id, b := range s.blocks {
+		if now.Sub(b.last) > s.window {
+			delete(s.blocks, id)
+		}
 	}
 }
 
-func (s *settledSet) drop() {
-	e := s.order[0]
-	s.order = s.order[1:]
-	if s.at[e.seq] == e.at {
-		delete(s.at, e.seq)
+func (s *settledSet) dropOldest() {
+	var oldest uint64
+	var at time.Time
+	first := true
+	for id, b := range s.blocks {
+		if first || b.last.Before(at) {
+			oldest, at, first = id, b.last, false
+		}
 	}
+	delete(s.blocks, oldest)
 }

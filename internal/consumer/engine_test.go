@@ -1323,3 +1323,42 @@ func TestEngineFreesTheSlotWhenDPSCallsReturn(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestSettledSet(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	s := newSettledSet(time.Minute)
+	// A dense run of a million sequences, as one worker settles them, and a few far away.
+	for seq := uint64(1); seq <= 1_000_000; seq++ {
+		s.add(seq, t0.Add(time.Duration(seq)*time.Microsecond))
+	}
+	s.add(50_000_000, t0.Add(2*time.Minute))
+	for _, seq := range []uint64{1, 4095, 4096, 4097, 777_777, 1_000_000, 50_000_000} {
+		if !s.has(seq) {
+			t.Errorf("seq %d settled but not remembered", seq)
+		}
+	}
+	for _, seq := range []uint64{0, 1_000_001, 49_999_999, 50_000_001} {
+		if s.has(seq) {
+			t.Errorf("seq %d never settled but remembered", seq)
+		}
+	}
+	if n, max := len(s.blocks), 1_000_000/settledBlockSize+2; n > max {
+		t.Errorf("%d blocks for a dense million and one more, want at most %d", n, max)
+	}
+	// One minute after the run's last add, its blocks go; the far one (added later) stays.
+	s.prune(t0.Add(time.Second + time.Minute + time.Millisecond))
+	if s.has(1) || s.has(1_000_000) || !s.has(50_000_000) {
+		t.Errorf("after prune: has(1)=%v has(1e6)=%v has(5e7)=%v, want false false true", s.has(1), s.has(1_000_000), s.has(50_000_000))
+	}
+	// The bound holds for sequences spread one per block; the least recently used go first.
+	s = newSettledSet(time.Hour)
+	for i := uint64(0); i < maxSettledBlocks+10; i++ {
+		s.add(i*settledBlockSize, t0.Add(time.Duration(i)*time.Millisecond))
+	}
+	if len(s.blocks) != maxSettledBlocks {
+		t.Errorf("%d blocks, want the bound %d", len(s.blocks), maxSettledBlocks)
+	}
+	if s.has(0) || !s.has((maxSettledBlocks+9)*settledBlockSize) {
+		t.Error("the bound dropped the wrong block: want the least recently added to go")
+	}
+}
