@@ -254,6 +254,9 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 		if errors.Is(err, consumer.ErrPartitionDraining) {
 			return err
 		}
+		if errors.Is(err, consumer.ErrStopping) {
+			err = nil // the worker stops: the partition goes with its other leases
+		}
 		attachErr = err
 		return nil
 	})

@@ -359,6 +359,8 @@ type Engine struct {
 
 	partsMu sync.Mutex
 	parts   map[int]*partitionReader
+	// noAttach: the engine is stopping; Attach refuses (guarded by partsMu).
+	noAttach bool
 	// readCtx bounds the readers' pull requests; cancelled when Run returns.
 	readCtx    context.Context
 	cancelRead context.CancelFunc
@@ -416,7 +418,12 @@ func NewEngine(opts Options) (*Engine, error) {
 // them first and at once, finish the DPS calls and dead letters in flight, then return.
 // When Run returns nil, no event is left unacknowledged in the worker's hands. Stop does
 // not wait; Run's return (or Done) tells.
-func (e *Engine) Stop() { e.stopOne.Do(func() { close(e.stopReq) }) }
+func (e *Engine) Stop() {
+	e.partsMu.Lock()
+	e.noAttach = true // from now on Attach refuses
+	e.partsMu.Unlock()
+	e.stopOne.Do(func() { close(e.stopReq) })
+}
 
 // Done is closed when Run has returned.
 func (e *Engine) Done() <-chan struct{} { return e.stopped }

@@ -1362,3 +1362,37 @@ func TestSettledSet(t *testing.T) {
 		t.Error("the bound dropped the wrong block: want the least recently added to go")
 	}
 }
+
+// TestEngineStopRefusesNewPartitions: a partition acquired while the worker stops (another
+// stopping worker released it) must not be read: a reader started then would keep the
+// engine from ever finishing its stop.
+func TestEngineStopRefusesNewPartitions(t *testing.T) {
+	r := newRig(t, 1, Options{Apply: newFakeApplier(nil), DeadLetters: &fakeDLQ{}})
+	cons, err := r.stream.Consumer(context.Background(), r.cfg.ConsumerName(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.eng.Stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := r.eng.Attach(1, 1, cons, ReadOptions{}) // a partition it did not read before
+		if errors.Is(err, ErrStopping) {
+			break
+		}
+		if err == nil {
+			t.Fatal("Attach after Stop started a reader")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Attach after Stop: %v, want ErrStopping", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-r.runErr:
+		if err != nil {
+			t.Fatalf("Run after Stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Stop")
+	}
+}

@@ -62,6 +62,11 @@ const DefaultPullExpiry = 2 * time.Second
 // overtake them. Retry after a moment.
 var ErrPartitionDraining = errors.New("events of the previous attachment are still held")
 
+// ErrStopping is returned by Attach once the engine is stopping: a partition acquired then
+// (another worker released it while this one stops too) is not read; its lease goes with
+// the worker's.
+var ErrStopping = errors.New("the engine is stopping")
+
 // Attach starts reading partition p from cons under ownership epoch. Events read carry the
 // epoch; the engine checks it with Fence before each DPS call, and the reader checks it
 // before each pull request: a worker that lost p sends the server no new request for it.
@@ -80,6 +85,9 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 	}
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
+	if e.noAttach {
+		return fmt.Errorf("partition %d: %w", p, ErrStopping)
+	}
 	if r, ok := e.parts[p]; ok {
 		if !r.detached {
 			return fmt.Errorf("partition %d is already attached", p)
@@ -313,6 +321,7 @@ func (e *Engine) Partitions() map[int]uint64 {
 func (e *Engine) stopAllReaders() {
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
+	e.noAttach = true
 	for _, r := range e.parts {
 		r.closing = true
 	}
