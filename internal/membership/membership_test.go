@@ -81,16 +81,7 @@ func TestGracefulLeaveHandsOverWithinARenewPeriod(t *testing.T) {
 	}
 	left := owned(c.Membership)
 	c.close()
-	took := eventually(t, testRenew+slack, func() bool {
-		for _, p := range left {
-			_, okA := a.Owns(p)
-			_, okB := b.Owns(p)
-			if !okA && !okB {
-				return false
-			}
-		}
-		return true
-	}, "handover of %v to a and b", left)
+	took := takenOver(t, testRenew+slack, left, a, b)
 	checkClean(t, left, true, a.Membership, b.Membership) // released: no requests of c left open
 	// The fair-share bound may also move a partition between a and b: without OnChange
 	// that costs a SafetyMargin.
@@ -118,16 +109,7 @@ func TestUnsettledReleaseIsNotClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.stopRun()
-	eventually(t, testRenew+slack, func() bool {
-		for _, p := range left {
-			_, okA := a.Owns(p)
-			_, okB := b.Owns(p)
-			if !okA && !okB {
-				return false
-			}
-		}
-		return true
-	}, "handover of %v to a and b", left)
+	takenOver(t, testRenew+slack, left, a, b)
 	checkClean(t, left, false, a.Membership, b.Membership)
 	// Without OnChange a partition that moves is fenced at once (its drain timeout): the
 	// release is unsettled too.
@@ -147,16 +129,7 @@ func TestCrashIsTakenOverWithinTTL(t *testing.T) {
 	eventually(t, 3*testTTL, func() bool { return fair(a, b, c) }, "fair split")
 	lost := owned(c.Membership)
 	c.stopRun() // kill -9: no release, no member delete
-	took := eventually(t, testTTL+testRenew+slack, func() bool {
-		for _, p := range lost {
-			_, okA := a.Owns(p)
-			_, okB := b.Owns(p)
-			if !okA && !okB {
-				return false
-			}
-		}
-		return true
-	}, "takeover of %v", lost)
+	took := takenOver(t, testTTL+testRenew+slack, lost, a, b)
 	checkClean(t, lost, false, a.Membership, b.Membership) // expired: c may have requests open
 	all := eventually(t, testMargin+slack, func() bool { return fair(a, b) }, "fair split of a and b")
 	t.Logf("takeover after crash: %v (TTL %v), fair again after %v", took, testTTL, took+all)
@@ -525,4 +498,17 @@ func checkClean(t *testing.T, ps []int, want bool, ms ...*Membership) {
 			}
 		}
 	}
+}
+
+// takenOver waits, up to within, until every partition of ps is owned by one of ms.
+func takenOver(t *testing.T, within time.Duration, ps []int, ms ...*member) time.Duration {
+	t.Helper()
+	return eventually(t, within, func() bool {
+		for _, p := range ps {
+			if !slices.ContainsFunc(ms, func(m *member) bool { _, ok := m.Owns(p); return ok }) {
+				return false
+			}
+		}
+		return true
+	}, "partitions %v owned by the others", ps)
 }
