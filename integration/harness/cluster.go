@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ProcessBackend runs nats-server and the worker as local processes on 127.0.0.1.
@@ -222,58 +221,12 @@ func (c *processCluster) Close() error {
 }
 
 // connect opens a client connection to the running nodes.
-func (c *processCluster) connect() (*nats.Conn, error) {
-	var urls []string
-	for i := range c.nodes {
-		if c.Running(i) {
-			urls = append(urls, c.URL(i))
-		}
-	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.Name("dpsync-harness"), nats.Timeout(2*time.Second), nats.MaxReconnects(-1))
-	if err != nil {
-		return nil, fmt.Errorf("connect to cluster: %w", err)
-	}
-	return nc, nil
-}
+func (c *processCluster) connect() (*nats.Conn, error) { return connectNodes(c) }
 
-func (c *processCluster) WaitHealthy(ctx context.Context) error {
-	var last error
-	for {
-		if last = c.healthy(ctx); last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster not healthy: %w (last: %w)", ctx.Err(), last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
+func (c *processCluster) WaitHealthy(ctx context.Context) error { return waitHealthy(ctx, c) }
 
-func (c *processCluster) healthy(ctx context.Context) error {
-	for i, n := range c.nodes {
-		if !c.Running(i) {
-			continue
-		}
-		if err := httpOK(ctx, fmt.Sprintf("http://127.0.0.1:%d/healthz", n.httpPort)); err != nil {
-			return fmt.Errorf("%s: %w", n.name, err)
-		}
-	}
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if _, err := js.AccountInfo(actx); err != nil {
-		return fmt.Errorf("jetstream account info: %w", err)
-	}
-	return nil
+func (c *processCluster) healthz(i int) (name, url string) {
+	return c.nodes[i].name, fmt.Sprintf("http://127.0.0.1:%d/healthz", c.nodes[i].httpPort)
 }
 
 func httpOK(ctx context.Context, url string) error {
@@ -295,34 +248,7 @@ func httpOK(ctx context.Context, url string) error {
 }
 
 func (c *processCluster) StreamLeader(ctx context.Context, stream string) (int, error) {
-	nc, err := c.connect()
-	if err != nil {
-		return -1, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return -1, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return -1, fmt.Errorf("stream %s: %w", stream, err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return -1, fmt.Errorf("stream %s info: %w", stream, err)
-	}
-	if info.Cluster == nil || info.Cluster.Leader == "" {
-		return -1, fmt.Errorf("stream %s has no leader", stream)
-	}
-	for i, n := range c.nodes {
-		if n.name == info.Cluster.Leader {
-			return i, nil
-		}
-	}
-	return -1, fmt.Errorf("stream %s: leader %q is not a node of this cluster", stream, info.Cluster.Leader)
+	return streamLeader(ctx, c, stream)
 }
 
 // connz is the part of nats-server's /connz the harness reads.

@@ -17,7 +17,6 @@ import (
 	mobynet "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -279,89 +278,16 @@ func (c *containerCluster) Close() error {
 }
 
 // connect opens a client connection to the running nodes.
-func (c *containerCluster) connect() (*nats.Conn, error) {
-	var urls []string
-	for i := range c.nodes {
-		if c.Running(i) {
-			urls = append(urls, c.URL(i))
-		}
-	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.Name("dpsync-harness"), nats.Timeout(2*time.Second), nats.MaxReconnects(-1))
-	if err != nil {
-		return nil, fmt.Errorf("connect to cluster: %w", err)
-	}
-	return nc, nil
-}
+func (c *containerCluster) connect() (*nats.Conn, error) { return connectNodes(c) }
 
-func (c *containerCluster) WaitHealthy(ctx context.Context) error {
-	var last error
-	for {
-		if last = c.healthy(ctx); last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster not healthy: %w (last: %w)", ctx.Err(), last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
+func (c *containerCluster) WaitHealthy(ctx context.Context) error { return waitHealthy(ctx, c) }
 
-func (c *containerCluster) healthy(ctx context.Context) error {
-	for i, n := range c.nodes {
-		if !c.Running(i) {
-			continue
-		}
-		if err := httpOK(ctx, fmt.Sprintf("http://127.0.0.1:%d/healthz", n.httpPort)); err != nil {
-			return fmt.Errorf("%s: %w", n.name, err)
-		}
-	}
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if _, err := js.AccountInfo(actx); err != nil {
-		return fmt.Errorf("jetstream account info: %w", err)
-	}
-	return nil
+func (c *containerCluster) healthz(i int) (name, url string) {
+	return c.nodes[i].name, fmt.Sprintf("http://127.0.0.1:%d/healthz", c.nodes[i].httpPort)
 }
 
 func (c *containerCluster) StreamLeader(ctx context.Context, stream string) (int, error) {
-	nc, err := c.connect()
-	if err != nil {
-		return -1, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return -1, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return -1, fmt.Errorf("stream %s: %w", stream, err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return -1, fmt.Errorf("stream %s info: %w", stream, err)
-	}
-	if info.Cluster == nil || info.Cluster.Leader == "" {
-		return -1, fmt.Errorf("stream %s has no leader", stream)
-	}
-	for i, n := range c.nodes {
-		if n.name == info.Cluster.Leader {
-			return i, nil
-		}
-	}
-	return -1, fmt.Errorf("stream %s: leader %q is not a node of this cluster", stream, info.Cluster.Leader)
+	return streamLeader(ctx, c, stream)
 }
 
 func (c *containerCluster) ConnectedNode(ctx context.Context, connName string) (int, error) {
