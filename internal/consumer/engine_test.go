@@ -587,14 +587,7 @@ func TestEngineStopGivesBackPendingEvents(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r.eng.Stop()
-	select {
-	case err := <-r.runErr:
-		if err != nil {
-			t.Fatalf("Run after Stop: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after Stop")
-	}
+	r.waitRunDone()
 	fa.mu.Lock()
 	applied := len(fa.log)
 	fa.mu.Unlock()
@@ -609,6 +602,19 @@ func TestEngineStopGivesBackPendingEvents(t *testing.T) {
 	}
 	if got != 7 {
 		t.Fatalf("%d events redelivered at once after Stop, want 7", got)
+	}
+}
+
+// waitRunDone requires Run to return nil within 10 s (after Stop).
+func (r *rig) waitRunDone() {
+	r.t.Helper()
+	select {
+	case err := <-r.runErr:
+		if err != nil {
+			r.t.Fatalf("Run after Stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		r.t.Fatal("Run did not return after Stop")
 	}
 }
 
@@ -1387,12 +1393,5 @@ func TestEngineStopRefusesNewPartitions(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	select {
-	case err := <-r.runErr:
-		if err != nil {
-			t.Fatalf("Run after Stop: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after Stop")
-	}
+	r.waitRunDone()
 }
