@@ -186,13 +186,15 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 		return
 	}
 	// Not clean: the previous owner's pull requests may still be open at the server (it is
-	// paused or cut off, not dead): no request outlives PullExpiry, and it sends none once
-	// its lease is gone. What the server handed it comes back when unacknowledged for
+	// paused or cut off, not dead): no request outlives PullExpiry once the server has it,
+	// and it sends none once its lease is gone. What the server handed it comes back when unacknowledged for
 	// AckWait. So: pull nothing until its requests are over, then until nothing of the
 	// partition is unacknowledged or AckWait has passed — the server then redelivers those
 	// events first, ahead of newer ones of their keys. Clean: its requests are over and
-	// what it did not acknowledge it gave back, so it is redelivered first already; the
-	// reader collects those events (ReadOptions.Redeliveries) and hands them on in order.
+	// what it did not acknowledge it gave back, so it is redelivered first already. Either
+	// way the reader collects the unacknowledged events and hands them on in stream order
+	// once none is left elsewhere (consumer.Engine.Attach), and watches for deliveries that
+	// go elsewhere later (a paused previous owner's request the server registers late).
 	ackWait := pm.o.Consumer.AckWait
 	if ackWait == 0 {
 		ackWait = 15 * time.Second
@@ -207,7 +209,6 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 		requestsOver = acquired
 	}
 	deadline := requestsOver.Add(ackWait + time.Second)
-	unacked := 0 // the previous owner's events, coming back (ReadOptions.Redeliveries)
 	for {
 		if !pm.owned(p, epoch) {
 			pm.forget(p, epoch)
@@ -219,8 +220,7 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 			info, err := cons.Info(ictx)
 			cancel()
 			if err == nil {
-				unacked = info.NumAckPending
-				if unacked == 0 || clean {
+				if info.NumAckPending == 0 || clean {
 					break
 				}
 			}
@@ -236,7 +236,6 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 		return
 	}
 	ro := pm.o.Read
-	ro.Redeliveries = unacked
 	ro.RedeliveryWindow = min(pullExpiry, ackWait/3)
 	ro.Reopen = func(ctx context.Context) (jetstream.Consumer, error) {
 		return consumer.EnsureConsumer(ctx, pm.stream, pm.o.Stream, pm.o.Consumer, p)

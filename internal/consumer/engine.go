@@ -356,6 +356,9 @@ type Engine struct {
 	inFlight   int
 	background int // goroutines dead-lettering outside a batch
 	stopping   bool
+	// oursMu guards leaving and stopping where batch goroutines read them (ours); the loop
+	// writes them under it and reads them without.
+	oursMu sync.RWMutex
 
 	partsMu sync.Mutex
 	parts   map[int]*partitionReader
@@ -477,7 +480,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-stopReq:
 			stopReq = nil
+			e.oursMu.Lock()
 			e.stopping = true
+			e.oursMu.Unlock()
 			e.opts.Logger.Info("stopping: no more pulls, finishing in-flight work")
 			e.stopAllReaders()
 			e.giveBackAll()
@@ -1345,10 +1350,11 @@ func (e *Engine) follow(ctx context.Context, key string, parked entryResult) {
 // ours reports whether the worker still works on st: its partition's lease holds (Fence)
 // and the partition is not being detached (leaving). Events that are not ours go back.
 func (e *Engine) ours(st *msgState) bool {
-	if e.stopping {
-		return false
-	}
-	if ep, ok := e.leaving[st.partition]; ok && ep == st.epoch {
+	e.oursMu.RLock()
+	ep, leaving := e.leaving[st.partition]
+	stopping := e.stopping
+	e.oursMu.RUnlock()
+	if stopping || leaving && ep == st.epoch {
 		return false
 	}
 	return e.opts.Fence == nil || e.opts.Fence(st.partition, st.epoch)
@@ -1360,30 +1366,37 @@ func (e *Engine) ours(st *msgState) bool {
 // settle when they return. Whoever reads p next (the new owner, or this worker at a new
 // epoch) gets the events first, in order.
 func (e *Engine) dropPartition(p int) {
+	dropped := e.takePartition(p)
+	if len(dropped) == 0 {
+		return
+	}
+	e.giveBack(dropped)
+	e.opts.Logger.Info("partition left: its events not in a DPS call were given back for redelivery", "partition", p, "events", len(dropped))
+}
+
+// takePartition removes from the batcher, the retry schedule and the hold checks every
+// event of p that is not in a DPS call or a letter write, and returns them (still held).
+func (e *Engine) takePartition(p int) []*msgState {
 	keys := map[string]bool{}
 	for st := range e.held {
 		if st.partition == p && st.dec.Key != "" {
 			keys[st.dec.Key] = true
 		}
 	}
-	var dropped []*msgState
+	var taken []*msgState
 	for key := range keys {
 		for _, en := range e.b.TakeKey(key) {
-			dropped = append(dropped, statesOf(en)...)
+			taken = append(taken, statesOf(en)...)
 		}
 		if r, ok := e.retries[key]; ok && !r.due.IsZero() {
-			dropped = append(dropped, statesOf(r.entry)...)
+			taken = append(taken, statesOf(r.entry)...)
 			delete(e.retries, key)
 			e.b.Release(key)
 		}
-		dropped = append(dropped, e.unchecked[key]...)
+		taken = append(taken, e.unchecked[key]...)
 		delete(e.unchecked, key)
 	}
-	if len(dropped) == 0 {
-		return
-	}
-	e.giveBack(dropped)
-	e.opts.Logger.Info("partition left: its events not in a DPS call were given back for redelivery", "partition", p, "events", len(dropped))
+	return taken
 }
 
 // giveBack forgets sts, events of partitions this worker lost or leaves, and naks them in

@@ -1112,7 +1112,8 @@ func TestEngineStoresNoLetterForALostPartition(t *testing.T) {
 // TestEngineHandsOnRedeliveriesInStreamOrder: the server redelivers a previous owner's
 // events in the order their ack timers ran out, not in stream order. Here the previous
 // owner's events of one key come back newest first (naked in reverse order); the new
-// attachment, told how many to expect, collects them and applies them in stream order.
+// attachment collects as many as the consumer counts unacknowledged and applies them in
+// stream order.
 func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
 	js, _ := startJS(t)
 	ctx := context.Background()
@@ -1157,7 +1158,7 @@ func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := eng.Attach(0, 1, cons, ReadOptions{PullBatch: 100, Redeliveries: 3}); err != nil {
+	if err := eng.Attach(0, 1, cons, ReadOptions{PullBatch: 100}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -1394,4 +1395,142 @@ func TestEngineStopRefusesNewPartitions(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r.waitRunDone()
+}
+
+// appliedOrder waits until key's applied log has n entries and requires their values (the
+// events' V) in publish order: 1, 2, …, n.
+func appliedOrder(t *testing.T, fa *fakeApplier, key string, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		fa.mu.Lock()
+		got := slices.Clone(fa.log[key])
+		fa.mu.Unlock()
+		if len(got) >= n {
+			want := make([]string, 0, n)
+			for i := 1; i <= n; i++ {
+				want = append(want, fmt.Sprint(i))
+			}
+			vs := make([]string, 0, len(got))
+			for _, g := range got {
+				vs = append(vs, g[strings.IndexByte(g, ':')+1:])
+			}
+			if !slices.Equal(vs, want) {
+				t.Fatalf("key %s applied as %v, want the values in publish order %v", key, got, want)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %s applied as %v after %v, want %d events", key, got, within, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestEngineWaitsForAnEventDeliveredElsewhereAtStart: when the reader starts, an event of
+// the partition is delivered to another request and unacknowledged (a previous owner's,
+// its answer lost). The reader must not apply the key's later events before that one comes
+// back (after AckWait): it collects until nothing is unacknowledged out of its hands.
+func TestEngineWaitsForAnEventDeliveredElsewhereAtStart(t *testing.T) {
+	js, _ := startJS(t)
+	ctx := context.Background()
+	cfg := StreamConfig{Partitions: 1, MemoryStorage: true}
+	s, err := EnsureStream(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := newFakeApplier(nil)
+	eng, err := NewEngine(Options{Stream: cfg, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
+		KeepAlive: 500 * time.Millisecond, Batcher: batcher.Config{Linger: 5 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	go func() { _ = eng.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-eng.Done() })
+	cons, err := EnsureConsumer(ctx, s, cfg, ConsumerConfig{AckWait: 2 * time.Second}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(v int, op string) {
+		b, _ := json.Marshal(testEvent{ID: fmt.Sprint(v), Key: "k", Op: op, V: v})
+		if _, err := js.Publish(ctx, "dpsync.events.enrollment.k", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(1, "create")
+	// Delivered elsewhere, neither acknowledged nor given back.
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range batch.Messages() {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("the other request got %d events, want 1", n)
+	}
+	publish(2, "delete")
+	publish(3, "create")
+	if err := eng.Attach(0, 1, cons, ReadOptions{PullBatch: 100}); err != nil {
+		t.Fatal(err)
+	}
+	appliedOrder(t, fa, "k", 3, 15*time.Second)
+}
+
+// TestEngineResyncsAfterADeliveryWentElsewhere: while the engine reads a partition, another
+// pull request on its consumer (a paused previous owner's, registered by the server only
+// when its node resumed) takes one event and never answers. The engine reads the key's
+// next event, sees the gap in the consumer's delivery sequence, and must not apply it
+// before the taken event comes back: each key's events are applied in publish order.
+func TestEngineResyncsAfterADeliveryWentElsewhere(t *testing.T) {
+	fa := newFakeApplier(nil)
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}})
+	ctx := context.Background()
+	cons, err := r.stream.Consumer(ctx, r.cfg.ConsumerName(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := []string{"create", "update", "delete"}
+	v := 0
+	publishNext := func() {
+		v++
+		r.publish(testEvent{ID: fmt.Sprint(v), Key: "k", Op: ops[(v-1)%len(ops)], V: v})
+	}
+	publishNext()
+	appliedOrder(t, fa, "k", 1, 10*time.Second) // the engine reads
+	taken := make(chan uint64, 1)
+	go func() {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			taken <- 0
+			return
+		}
+		for m := range batch.Messages() {
+			meta, _ := m.Metadata()
+			taken <- meta.Sequence.Stream // and never acknowledged
+			return
+		}
+		taken <- 0
+	}()
+	time.Sleep(100 * time.Millisecond) // the other request is registered
+	var seq uint64
+	for seq == 0 && v < 50 {
+		publishNext()
+		select {
+		case seq = <-taken:
+			if seq == 0 {
+				t.Fatal("the other request got no event")
+			}
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if seq == 0 {
+		t.Fatal("the other request took no event of 50")
+	}
+	publishNext() // read by the engine after the taken one
+	publishNext()
+	appliedOrder(t, fa, "k", v, 15*time.Second)
+	r.waitAcked(10 * time.Second)
 }

@@ -19,6 +19,7 @@ type Metrics struct {
 	latency      metric.Float64Histogram
 	inFlightCall metric.Int64UpDownCounter
 	stale        metric.Int64Counter
+	resyncs      metric.Int64Counter
 }
 
 // NewMetrics creates the engine's instruments on m.
@@ -48,6 +49,9 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 	if x.stale, err = m.Int64Counter("dpsync.redeliveries.stale", metric.WithDescription("Redelivered copies of events already settled, acknowledged and dropped.")); err != nil {
 		return nil, err
 	}
+	if x.resyncs, err = m.Int64Counter("dpsync.partition.resyncs", metric.WithDescription("Gaps in a partition's deliveries (a delivery went to another request): the worker gave back what it held of the partition and read it again in order.")); err != nil {
+		return nil, err
+	}
 	return &x, nil
 }
 
@@ -68,3 +72,6 @@ func (m *Metrics) deadLettered(ctx context.Context, class string) {
 func (m *Metrics) retried(ctx context.Context)           { m.retries.Add(ctx, 1) }
 func (m *Metrics) inFlight(ctx context.Context, d int64) { m.inFlightCall.Add(ctx, d) }
 func (m *Metrics) staleDropped(ctx context.Context)      { m.stale.Add(ctx, 1) }
+func (m *Metrics) resync(ctx context.Context, p int) {
+	m.resyncs.Add(ctx, 1, metric.WithAttributes(attribute.Int("partition", p)))
+}

@@ -25,6 +25,9 @@ type partitionReader struct {
 	detached  bool          // guarded by Engine.partsMu, like closing and onDrained
 	closing   bool          // the engine is stopping: no new pull
 	onDrained func()
+	// idle, when set, is closed once the engine holds no event of the partition (guarded
+	// by Engine.partsMu; see resyncPartition).
+	idle chan struct{}
 }
 
 // ReadOptions tune pulling.
@@ -40,16 +43,10 @@ type ReadOptions struct {
 	// when a pull fails because the consumer is gone. Nil: the reader pulls the same
 	// consumer handle again.
 	Reopen func(ctx context.Context) (jetstream.Consumer, error)
-	// Redeliveries is how many events of the partition were unacknowledged when it was
-	// attached (the consumer's NumAckPending): a previous owner's, coming back. The server
-	// redelivers them in the order their ack timers ran out, which is not the stream's (two
-	// events of a key kept alive by one keep-alive pass expire microseconds apart, either
-	// way round). So the reader first collects them — until it has seen that many
-	// redelivered events, or for RedeliveryWindow — and hands everything it collected to the
-	// engine in stream order.
-	Redeliveries int
-	// RedeliveryWindow bounds the collection (default PullExpiry). Keep it well under the
-	// consumer's AckWait: collected events get no keep-alive until the engine has them.
+	// RedeliveryWindow bounds one collection of the partition's unacknowledged events when
+	// the reader starts or after a gap (see syncReader; default PullExpiry). Keep it well
+	// under the consumer's AckWait: collected events get no keep-alive until the engine has
+	// them.
 	RedeliveryWindow time.Duration
 }
 
@@ -70,6 +67,8 @@ var ErrStopping = errors.New("the engine is stopping")
 // Attach starts reading partition p from cons under ownership epoch. Events read carry the
 // epoch; the engine checks it with Fence before each DPS call, and the reader checks it
 // before each pull request: a worker that lost p sends the server no new request for it.
+// The reader first collects the partition's unacknowledged events (a previous owner's) and
+// hands them on in stream order once none is left elsewhere (see syncReader).
 func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOptions) error {
 	if ro.PullBatch <= 0 {
 		ro.PullBatch = 500
@@ -107,6 +106,16 @@ func (e *Engine) Attach(p int, epoch uint64, cons jetstream.Consumer, ro ReadOpt
 // its messages or its expiry) and its messages are handed on: the server counts them as
 // delivered to this worker, so they must reach the engine (which settles them, or gives
 // them back with a nak when the partition is lost) rather than be left to expire.
+//
+// The reader hands an event on only while it is in step with the consumer: every delivery
+// the consumer made since the reader last synchronised (see syncReader) came to this
+// reader, which it checks by the deliveries' consumer sequence numbers. A gap means some
+// delivery went elsewhere — to a pull request a previous owner sent before its node froze,
+// which the server registered only when the node resumed (with a fresh expiry), or to a
+// request whose answer was lost in a reconnect. That event comes back only after AckWait,
+// and a later event of its key, read meanwhile, must not overtake it. So at a gap the
+// reader hands on nothing more, gives back what it and the engine hold of the partition
+// (not what is in a DPS call: those precede the missing delivery), and synchronises again.
 func (e *Engine) read(r *partitionReader) {
 	defer e.wg.Done()
 	defer close(r.done)
@@ -118,26 +127,34 @@ func (e *Engine) read(r *partitionReader) {
 		case <-e.quit:
 		}
 	}()
-	if r.ro.Redeliveries > 0 && !e.readRedeliveries(r) {
+	last, ok := e.syncReader(r)
+	if !ok {
 		return
 	}
 	delay := 100 * time.Millisecond
 	for {
-		e.partsMu.Lock()
-		stop := r.detached || r.closing
-		e.partsMu.Unlock()
-		if stop || e.readCtx.Err() != nil {
+		if !e.reading(r) {
 			return
-		}
-		if e.opts.Fence != nil && !e.opts.Fence(r.p, r.epoch) {
-			return // lost: not one more request (Detach follows)
 		}
 		ctx, cancel := context.WithTimeout(e.readCtx, r.ro.PullExpiry)
 		batch, err := r.cons.Fetch(r.ro.PullBatch, jetstream.FetchContext(ctx))
+		var unhanded []jetstream.Msg // read after a gap: not handed on
+		gapAt, gapWant := uint64(0), uint64(0)
 		if err == nil {
 			for m := range batch.Messages() {
 				in := inbound{msg: m, partition: r.p, epoch: r.epoch}
 				in.meta, in.metaErr = m.Metadata()
+				if unhanded == nil && in.metaErr == nil {
+					if c := in.meta.Sequence.Consumer; c != last+1 {
+						gapAt, gapWant = c, last+1
+					} else {
+						last = c
+					}
+				}
+				if gapAt != 0 {
+					unhanded = append(unhanded, m)
+					continue
+				}
 				in.dec, in.decErr = e.opts.Decode(m.Data())
 				select {
 				case e.in <- in:
@@ -149,6 +166,19 @@ func (e *Engine) read(r *partitionReader) {
 			err = batch.Error()
 		}
 		cancel()
+		if gapAt != 0 {
+			// The request is over (its channel closed): nothing more of it arrives.
+			e.opts.Logger.Warn("a delivery of the partition went elsewhere; giving back what is not in a DPS call and reading again in order",
+				"partition", r.p, "delivery", gapAt, "expected", gapWant, "given_back_unread", len(unhanded))
+			e.opts.Metrics.resync(e.readCtx, r.p)
+			if !e.giveBackForResync(r, unhanded) {
+				return
+			}
+			if last, ok = e.syncReader(r); !ok {
+				return
+			}
+			continue
+		}
 		if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 			delay = 100 * time.Millisecond
 			continue
@@ -170,6 +200,12 @@ func (e *Engine) read(r *partitionReader) {
 			if c, rerr := r.ro.Reopen(rctx); rerr == nil {
 				r.cons = c
 				e.opts.Logger.Info("partition consumer recreated", "partition", r.p)
+				rcancel()
+				// A new consumer numbers its deliveries afresh.
+				if last, ok = e.syncReader(r); !ok {
+					return
+				}
+				continue
 			} else {
 				e.opts.Logger.Warn("recreate partition consumer", "partition", r.p, "err", rerr)
 			}
@@ -178,55 +214,202 @@ func (e *Engine) read(r *partitionReader) {
 	}
 }
 
-// readRedeliveries collects the partition's redelivered events (see
-// ReadOptions.Redeliveries) and hands what it collected to the engine in stream order. It
-// returns false when the engine is stopping.
-func (e *Engine) readRedeliveries(r *partitionReader) bool {
-	type pulled struct {
-		msg  jetstream.Msg
-		meta *jetstream.MsgMetadata
-		err  error
+// reading reports whether r may send another pull request: it is attached, the engine is
+// not stopping, and the partition is still this worker's.
+func (e *Engine) reading(r *partitionReader) bool {
+	e.partsMu.Lock()
+	stop := r.detached || r.closing
+	e.partsMu.Unlock()
+	if stop || e.readCtx.Err() != nil {
+		return false
 	}
-	var got []pulled
-	seen := 0
-	deadline := time.Now().Add(r.ro.RedeliveryWindow)
-	for seen < r.ro.Redeliveries && time.Now().Before(deadline) && e.readCtx.Err() == nil {
-		ctx, cancel := context.WithDeadline(e.readCtx, deadline)
-		batch, err := r.cons.Fetch(min(r.ro.PullBatch, r.ro.Redeliveries-seen), jetstream.FetchContext(ctx))
-		if err == nil {
-			for m := range batch.Messages() {
-				meta, merr := m.Metadata()
-				if merr == nil && meta.NumDelivered > 1 {
-					seen++
-				}
-				got = append(got, pulled{m, meta, merr})
-			}
-		}
-		cancel()
-		if err != nil {
-			break // the normal loop reports and retries
-		}
+	// Lost: not one more request (Detach follows).
+	return e.opts.Fence == nil || e.opts.Fence(r.p, r.epoch)
+}
+
+// giveBackForResync gives back, after a gap, the messages the reader did not hand on and
+// every event of the partition the engine holds that is not in a DPS call or a letter
+// write, then waits until the engine holds no event of the partition (those calls
+// settled). It returns false when the reader must stop instead.
+func (e *Engine) giveBackForResync(r *partitionReader, unhanded []jetstream.Msg) bool {
+	nakByStreamSeq(unhanded)
+	idle := make(chan struct{})
+	select {
+	case e.in <- inbound{after: func() { e.resyncPartition(r.p, idle) }}:
+	case <-e.quit:
+		return false
 	}
-	slices.SortStableFunc(got, func(a, b pulled) int {
-		if a.meta == nil || b.meta == nil {
-			return 0
-		}
-		return cmp.Compare(a.meta.Sequence.Stream, b.meta.Sequence.Stream)
-	})
-	if len(got) > 0 {
-		e.opts.Logger.Info("previous owner's events collected, handed on in stream order",
-			"partition", r.p, "redelivered", seen, "collected", len(got), "expected", r.ro.Redeliveries)
-	}
-	for _, g := range got {
-		in := inbound{msg: g.msg, partition: r.p, epoch: r.epoch, meta: g.meta, metaErr: g.err}
-		in.dec, in.decErr = e.opts.Decode(g.msg.Data())
+	for {
 		select {
-		case e.in <- in:
+		case <-idle:
+			return true
 		case <-e.quit:
 			return false
+		case <-time.After(200 * time.Millisecond):
+			if !e.reading(r) {
+				return false
+			}
 		}
 	}
-	return true
+}
+
+// resyncPartition (loop) gives back every event of p not in a DPS call or a letter write:
+// p's reader has no request open, so they are nak'd at once. idle is closed once the engine
+// holds no event of p.
+func (e *Engine) resyncPartition(p int, idle chan struct{}) {
+	sts := append(e.aside[p], e.takePartition(p)...)
+	delete(e.aside, p)
+	e.nakInOrder(sts)
+	if e.perPart[p] == 0 {
+		close(idle)
+		return
+	}
+	e.partsMu.Lock()
+	if r := e.parts[p]; r != nil {
+		r.idle = idle
+	}
+	e.partsMu.Unlock()
+}
+
+// syncReader brings r in step with its consumer before anything is handed on, and returns
+// the consumer sequence of the last delivery the reader has seen. In step means: every
+// event the consumer counts as delivered and unacknowledged (NumAckPending) is in the
+// reader's hands, and every delivery since the reader asked came to it. Such events are a
+// previous owner's (or this worker's, given back after a gap) and the server redelivers
+// them in the order their ack timers ran out, not the stream's (two events of a key kept
+// alive by one keep-alive pass expire microseconds apart, either way round). So the
+// reader collects them — until it has seen as many redeliveries as were pending, or for
+// RedeliveryWindow — checks with the server that nothing is unacknowledged beyond them and
+// that no delivery went elsewhere, and hands them on in stream order. If the check fails
+// (an event still waits for its ack timer, or another request took one), it gives them
+// back and collects again. It returns false when the reader must stop.
+func (e *Engine) syncReader(r *partitionReader) (uint64, bool) {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		if !e.reading(r) {
+			return 0, false
+		}
+		base, err := e.consumerInfo(r)
+		if err == nil {
+			var got []jetstream.Msg
+			var last uint64
+			var complete bool
+			got, last, complete, err = e.collect(r, base)
+			if err == nil && complete {
+				if attempt > 1 {
+					e.opts.Logger.Info("partition in step with its consumer again", "partition", r.p, "attempts", attempt)
+				}
+				if len(got) > 0 {
+					e.opts.Logger.Info("unacknowledged events collected, handed on in stream order",
+						"partition", r.p, "collected", len(got))
+				}
+				for _, m := range got {
+					in := inbound{msg: m, partition: r.p, epoch: r.epoch}
+					in.meta, in.metaErr = m.Metadata()
+					in.dec, in.decErr = e.opts.Decode(m.Data())
+					select {
+					case e.in <- in:
+					case <-e.quit:
+						return 0, false
+					}
+				}
+				return last, true
+			}
+			nakByStreamSeq(got)
+			if err == nil && attempt == 1 {
+				e.opts.Logger.Info("events of the partition are unacknowledged out of this worker's hands; collecting again until they are back",
+					"partition", r.p, "unacknowledged", base.NumAckPending, "collected", len(got))
+			}
+		}
+		if err != nil {
+			e.opts.Logger.Warn("synchronising with the partition consumer failed; retrying", "partition", r.p, "err", err)
+		}
+		select {
+		case <-e.quit:
+			return 0, false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+func (e *Engine) consumerInfo(r *partitionReader) (*jetstream.ConsumerInfo, error) {
+	ctx, cancel := context.WithTimeout(e.readCtx, 5*time.Second)
+	defer cancel()
+	return r.cons.Info(ctx)
+}
+
+// collect pulls the events base counts as unacknowledged (see syncReader) and reports them
+// in stream order, the consumer sequence of the last delivery, and whether they are
+// complete: no delivery went elsewhere and nothing else is unacknowledged.
+func (e *Engine) collect(r *partitionReader, base *jetstream.ConsumerInfo) (got []jetstream.Msg, last uint64, complete bool, err error) {
+	last = base.Delivered.Consumer
+	want := base.NumAckPending
+	if want == 0 {
+		// Nothing outstanding: a delivery elsewhere from now on shows as a gap.
+		return nil, last, true, nil
+	}
+	inStep, seen := true, 0
+	bySeq := map[uint64]bool{}
+	deadline := time.Now().Add(r.ro.RedeliveryWindow)
+	for seen < want && time.Now().Before(deadline) && e.readCtx.Err() == nil {
+		ctx, cancel := context.WithDeadline(e.readCtx, deadline)
+		batch, ferr := r.cons.Fetch(min(r.ro.PullBatch, want-seen), jetstream.FetchContext(ctx))
+		if ferr == nil {
+			for m := range batch.Messages() {
+				meta, merr := m.Metadata()
+				if merr != nil {
+					got = append(got, m) // the engine drops it
+					continue
+				}
+				if meta.Sequence.Consumer != last+1 {
+					inStep = false
+				}
+				last = meta.Sequence.Consumer
+				if bySeq[meta.Sequence.Stream] {
+					continue // a second copy: the first settles it
+				}
+				bySeq[meta.Sequence.Stream] = true
+				if meta.NumDelivered > 1 {
+					seen++
+				}
+				got = append(got, m)
+			}
+			ferr = batch.Error()
+		}
+		cancel()
+		if ferr != nil && !errors.Is(ferr, context.DeadlineExceeded) && !errors.Is(ferr, nats.ErrTimeout) {
+			return got, last, false, ferr
+		}
+	}
+	sortByStreamSeq(got)
+	if !inStep || seen < want {
+		return got, last, false, nil
+	}
+	after, err := e.consumerInfo(r)
+	if err != nil {
+		return got, last, false, err
+	}
+	complete = after.Delivered.Consumer == last && after.NumAckPending == len(bySeq)
+	return got, last, complete, nil
+}
+
+func sortByStreamSeq(msgs []jetstream.Msg) {
+	seq := func(m jetstream.Msg) uint64 {
+		if meta, err := m.Metadata(); err == nil {
+			return meta.Sequence.Stream
+		}
+		return 0
+	}
+	slices.SortStableFunc(msgs, func(a, b jetstream.Msg) int { return cmp.Compare(seq(a), seq(b)) })
+}
+
+// nakByStreamSeq gives msgs back to the server, oldest first.
+func nakByStreamSeq(msgs []jetstream.Msg) {
+	sortByStreamSeq(msgs)
+	for _, m := range msgs {
+		_ = m.Nak()
+	}
 }
 
 // Detach stops reading partition p, because it is handed over or lost. The events of p the
@@ -252,7 +435,9 @@ func (e *Engine) Detach(p int, onDrained func()) {
 	epoch := r.epoch
 	e.partsMu.Unlock()
 	leave := func() {
+		e.oursMu.Lock()
 		e.leaving[p] = epoch
+		e.oursMu.Unlock()
 		e.dropPartition(p) // set aside while the reader's request is open
 		if !e.readerRunning(p) {
 			e.flushAside(p)
@@ -284,6 +469,10 @@ func (e *Engine) partitionIdleCheck(p int) {
 	}
 	e.partsMu.Lock()
 	r, ok := e.parts[p]
+	if ok && r.idle != nil {
+		close(r.idle)
+		r.idle = nil
+	}
 	if !ok || !r.detached {
 		e.partsMu.Unlock()
 		return
