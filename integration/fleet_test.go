@@ -21,10 +21,10 @@ const partitions = 16
 // TestFleetTakeover: 3 workers, 10,000 events over 1,000 ids; kill -9 of one worker
 // mid-run and a fresh one started. The final state equals the model, every event is applied
 // or dead-lettered with a reason, the dead worker's partitions get new owners within the
-// bound (--lease-ttl 9 s + one renewal ≤ 10 s), the fresh worker gets its fair share, and
+// bound (--lease-ttl 8.5 s, the default, + detection ≤ 10 s), the fresh worker gets its fair share, and
 // no worker ever writes to DPS for a partition it does not own.
 func TestFleetTakeover(t *testing.T) {
-	const leaseTTL, bound = 9 * time.Second, 10 * time.Second
+	const leaseTTL, bound = 8500 * time.Millisecond, 10 * time.Second
 	e := newEnv(t, envOptions{tap: true, worker: harness.WorkerSpec{
 		LeaseTTL: leaseTTL, DPSTryTimeout: 3 * time.Second, AckWait: 5 * time.Second,
 	}})

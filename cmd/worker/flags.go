@@ -180,7 +180,7 @@ func workerFlags(fs *flag.FlagSet, o *app.Options) func(getenv func(string) stri
 	fs.IntVar(&o.RedriveLimit, "redrive-limit", 0, "automatic redrives of a transient dead letter before it is parked as permanent (0 = one per --redrive-schedule entry; beyond the schedule each waits its last entry)")
 
 	fs.IntVar(&o.QuotaPerMinute, "quota", 1000, "DPS operations per minute for the whole fleet (-1 = unlimited)")
-	fs.DurationVar(&o.LeaseTTL, "lease-ttl", 9*time.Second, "partition lease TTL: bound on takeover after a worker dies")
+	fs.DurationVar(&o.LeaseTTL, "lease-ttl", 8500*time.Millisecond, "partition lease TTL: bound on takeover after a worker dies (at least twice --dps-try-timeout plus 2s)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", ":8080", "address of /healthz, /readyz, /metrics (empty = off)")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "bound of the graceful stop")
 

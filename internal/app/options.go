@@ -77,7 +77,7 @@ type Options struct {
 	// QuotaPerMinute is the DPS operation budget of the whole fleet (default 1,000; -1 =
 	// unlimited).
 	QuotaPerMinute int
-	// LeaseTTL bounds how long a dead worker's partitions stay unowned (default 9 s, so
+	// LeaseTTL bounds how long a dead worker's partitions stay unowned (default 8.5 s, so
 	// takeover completes within 10 s; at least 2 × (DPSTryTimeout + 1 s)).
 	LeaseTTL time.Duration
 
@@ -129,7 +129,7 @@ func (o *Options) setDefaults() error {
 		o.QuotaPerMinute = 1000
 	}
 	if o.LeaseTTL == 0 {
-		o.LeaseTTL = 9 * time.Second // takeover ≈ TTL + one renewal round trip: within 10 s
+		o.LeaseTTL = 8500 * time.Millisecond // takeover ≈ TTL + ≤ 0.3 s of detection: within 10 s
 	}
 	if o.DPSTryTimeout == 0 {
 		o.DPSTryTimeout = 3 * time.Second
