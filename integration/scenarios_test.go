@@ -124,7 +124,7 @@ func TestFreezeWorkerNode(t *testing.T) {
 		workload: workloadOf(pick(3000, 50_000), pick(300, 5000)),
 		publish:  workload.PublishOptions{Rate: pick(300.0, 600.0)},
 		chaos: func(e *env) {
-			freezeNodeOf(e, first, pick(2*time.Second, 10*time.Second), pick(8*time.Second, 15*time.Second))
+			freezeNodeOf(e, first, pick(2*time.Second, 10*time.Second), 15*time.Second)
 		},
 		converge: pick(3*time.Minute, 20*time.Minute),
 	})

@@ -349,10 +349,12 @@ func (e *Engine) collect(r *partitionReader, base *jetstream.ConsumerInfo) (got 
 		// Nothing outstanding: a delivery elsewhere from now on shows as a gap.
 		return nil, last, true, nil
 	}
-	inStep, seen := true, 0
+	inStep, seen, fresh := true, 0, false
 	bySeq := map[uint64]bool{}
 	deadline := time.Now().Add(r.ro.RedeliveryWindow)
-	for seen < want && time.Now().Before(deadline) && e.readCtx.Err() == nil {
+	// The server hands out redeliveries before new events: a first delivery means none is
+	// due now, and the rest are not back yet.
+	for seen < want && !fresh && time.Now().Before(deadline) && e.readCtx.Err() == nil {
 		ctx, cancel := context.WithDeadline(e.readCtx, deadline)
 		batch, ferr := r.cons.Fetch(min(r.ro.PullBatch, want-seen), jetstream.FetchContext(ctx))
 		if ferr == nil {
@@ -372,6 +374,8 @@ func (e *Engine) collect(r *partitionReader, base *jetstream.ConsumerInfo) (got 
 				bySeq[meta.Sequence.Stream] = true
 				if meta.NumDelivered > 1 {
 					seen++
+				} else {
+					fresh = true
 				}
 				got = append(got, m)
 			}
