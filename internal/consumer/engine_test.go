@@ -1109,12 +1109,10 @@ func TestEngineStoresNoLetterForALostPartition(t *testing.T) {
 	}
 }
 
-// TestEngineHandsOnRedeliveriesInStreamOrder: the server redelivers a previous owner's
-// events in the order their ack timers ran out, not in stream order. Here the previous
-// owner's events of one key come back newest first (naked in reverse order); the new
-// attachment collects as many as the consumer counts unacknowledged and applies them in
-// stream order.
-func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
+// newUnattached starts an engine (fake applier) and a one-partition stream and consumer
+// (AckWait 2 s) without attaching the partition: the test plays a previous owner first.
+func newUnattached(t *testing.T) (jetstream.JetStream, *Engine, jetstream.Consumer, *fakeApplier) {
+	t.Helper()
 	js, _ := startJS(t)
 	ctx := context.Background()
 	cfg := StreamConfig{Partitions: 1, MemoryStorage: true}
@@ -1135,6 +1133,17 @@ func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js, eng, cons, fa
+}
+
+// TestEngineHandsOnRedeliveriesInStreamOrder: the server redelivers a previous owner's
+// events in the order their ack timers ran out, not in stream order. Here the previous
+// owner's events of one key come back newest first (naked in reverse order); the new
+// attachment collects as many as the consumer counts unacknowledged and applies them in
+// stream order.
+func TestEngineHandsOnRedeliveriesInStreamOrder(t *testing.T) {
+	js, eng, cons, fa := newUnattached(t)
+	ctx := context.Background()
 	for i, op := range []string{"create", "update", "update"} {
 		b, _ := json.Marshal(testEvent{ID: fmt.Sprint(i + 1), Key: "k", Op: op, V: i + 1})
 		if _, err := js.Publish(ctx, "dpsync.events.enrollment.k", b); err != nil {
@@ -1432,26 +1441,8 @@ func appliedOrder(t *testing.T, fa *fakeApplier, key string, n int, within time.
 // its answer lost). The reader must not apply the key's later events before that one comes
 // back (after AckWait): it collects until nothing is unacknowledged out of its hands.
 func TestEngineWaitsForAnEventDeliveredElsewhereAtStart(t *testing.T) {
-	js, _ := startJS(t)
+	js, eng, cons, fa := newUnattached(t)
 	ctx := context.Background()
-	cfg := StreamConfig{Partitions: 1, MemoryStorage: true}
-	s, err := EnsureStream(ctx, js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa := newFakeApplier(nil)
-	eng, err := NewEngine(Options{Stream: cfg, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
-		KeepAlive: 500 * time.Millisecond, Batcher: batcher.Config{Linger: 5 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	go func() { _ = eng.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-eng.Done() })
-	cons, err := EnsureConsumer(ctx, s, cfg, ConsumerConfig{AckWait: 2 * time.Second}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	publish := func(v int, op string) {
 		b, _ := json.Marshal(testEvent{ID: fmt.Sprint(v), Key: "k", Op: op, V: v})
 		if _, err := js.Publish(ctx, "dpsync.events.enrollment.k", b); err != nil {
