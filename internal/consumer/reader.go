@@ -144,7 +144,7 @@ func (e *Engine) read(r *partitionReader) {
 			for m := range batch.Messages() {
 				in := inbound{msg: m, partition: r.p, epoch: r.epoch}
 				in.meta, in.metaErr = m.Metadata()
-				if unhanded == nil && in.metaErr == nil {
+				if gapAt == 0 && in.metaErr == nil {
 					if c := in.meta.Sequence.Consumer; c != last+1 {
 						gapAt, gapWant = c, last+1
 					} else {
@@ -197,19 +197,18 @@ func (e *Engine) read(r *partitionReader) {
 		delay = min(2*delay, 5*time.Second)
 		if r.ro.Reopen != nil && (errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound)) {
 			rctx, rcancel := context.WithTimeout(e.readCtx, 10*time.Second)
-			if c, rerr := r.ro.Reopen(rctx); rerr == nil {
-				r.cons = c
-				e.opts.Logger.Info("partition consumer recreated", "partition", r.p)
-				rcancel()
-				// A new consumer numbers its deliveries afresh.
-				if last, ok = e.syncReader(r); !ok {
-					return
-				}
-				continue
-			} else {
-				e.opts.Logger.Warn("recreate partition consumer", "partition", r.p, "err", rerr)
-			}
+			c, rerr := r.ro.Reopen(rctx)
 			rcancel()
+			if rerr != nil {
+				e.opts.Logger.Warn("recreate partition consumer", "partition", r.p, "err", rerr)
+				continue
+			}
+			r.cons = c
+			e.opts.Logger.Info("partition consumer recreated", "partition", r.p)
+			// A new consumer numbers its deliveries afresh.
+			if last, ok = e.syncReader(r); !ok {
+				return
+			}
 		}
 	}
 }
