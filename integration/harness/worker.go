@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -97,6 +98,9 @@ func workerArgs(s WorkerSpec, httpAddr, dataDir string) []string {
 			parts[i] = d.String()
 		}
 		args = append(args, "--redrive-schedule", strings.Join(parts, ","))
+	}
+	if lvl := os.Getenv("DPSYNC_WORKER_LOG_LEVEL"); lvl != "" {
+		args = append(args, "--log-level", lvl) // debug: every event's delivery and outcome
 	}
 	return append(args, s.ExtraArgs...)
 }

@@ -636,6 +636,10 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	}
 	st.dec = dec
 	st.dec.Item.Redelivered = st.redelivered
+	if e.opts.Logger.Enabled(ctx, slog.LevelDebug) {
+		e.opts.Logger.Debug("event in", "seq", st.seq, "delivery", meta.Sequence.Consumer, "deliveries", meta.NumDelivered,
+			"partition", st.partition, "epoch", st.epoch, "key", dec.Key, "op", string(dec.Item.Op))
+	}
 	if want, ok := e.keySubject(in.msg.Subject(), dec.Key); !ok {
 		// Its subject decides its partition: an event published under another key's subject
 		// could be applied by another worker at the same time as its own key's events.
@@ -916,10 +920,19 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 		}
 		now := e.opts.Now()
 		var acks []*msgState
+		debug := e.opts.Logger.Enabled(ctx, slog.LevelDebug)
 		for j, i := range live {
 			r := &d.results[i]
 			r.outcome = outs[j]
 			sts := statesOf(r.entry)
+			if debug {
+				seqs := make([]uint64, len(sts))
+				for k, st := range sts {
+					seqs[k] = st.seq
+				}
+				e.opts.Logger.Debug("outcome", "key", r.entry.Key, "op", string(items[j].Op), "seqs", seqs,
+					"class", outs[j].Class, "reason", outs[j].Reason, "redelivered", items[j].Redelivered)
+			}
 			switch outs[j].Class {
 			case applier.Applied:
 				for _, st := range sts {
