@@ -638,7 +638,7 @@ func (e *Engine) accept(ctx context.Context, in inbound) {
 	st.dec.Item.Redelivered = st.redelivered
 	if e.opts.Logger.Enabled(ctx, slog.LevelDebug) {
 		e.opts.Logger.Debug("event in", "seq", st.seq, "delivery", meta.Sequence.Consumer, "deliveries", meta.NumDelivered,
-			"partition", st.partition, "epoch", st.epoch, "key", dec.Key, "op", string(dec.Item.Op))
+			"partition", st.partition, "epoch", st.epoch, "key", dec.Key, "op", string(dec.Item.Op), "event_id", dec.EventID)
 	}
 	if want, ok := e.keySubject(in.msg.Subject(), dec.Key); !ok {
 		// Its subject decides its partition: an event published under another key's subject
