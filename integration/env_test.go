@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -366,6 +367,7 @@ func (e *env) run(spec runSpec) *workload.Report {
 
 	report := e.converge(ledger, spec.converge)
 	t.Logf("after %v:\n%s", time.Since(start).Round(time.Second), report)
+	e.logStoredTwice()
 	if !report.OK() {
 		t.Errorf("the run broke a promise (lost must be 0 and the model equal); see the table above")
 		e.logConsumers()
@@ -462,6 +464,56 @@ func (e *env) logConsumers() {
 	lister := s.ListConsumers(ctx)
 	for ci := range lister.Info() {
 		e.t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d", ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered)
+	}
+}
+
+// logStoredTwice logs the events the stream holds more than once (one Nats-Msg-Id at several
+// sequences: a publish attempt stored after the stream's duplicate check let it through).
+// The workers see such a copy as a new event, so a run's model, built from the ledger, would
+// not match what they were given; the log tells that apart from a worker's fault.
+func (e *env) logStoredTwice() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := e.js.Stream(ctx, eventsStream)
+	if err != nil {
+		e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
+		return
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
+		return
+	}
+	seqs := map[string][]uint64{}
+	for {
+		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
+			return
+		}
+		n := 0
+		var last *jetstream.MsgMetadata
+		for m := range batch.Messages() {
+			n++
+			if meta, err := m.Metadata(); err == nil {
+				last = meta
+				id := m.Headers().Get(jetstream.MsgIDHeader)
+				seqs[id] = append(seqs[id], meta.Sequence.Stream)
+			}
+		}
+		if n == 0 || last != nil && last.NumPending == 0 {
+			break
+		}
+	}
+	var twice []string
+	for id, ss := range seqs {
+		if len(ss) > 1 {
+			twice = append(twice, fmt.Sprintf("%s at %v", id, ss))
+		}
+	}
+	if len(twice) > 0 {
+		slices.Sort(twice)
+		e.t.Logf("the stream holds %d event(s) more than once: %s", len(twice), strings.Join(twice, "; "))
 	}
 }
 
