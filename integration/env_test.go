@@ -363,7 +363,8 @@ func (e *env) run(spec runSpec) *workload.Report {
 	if pubErr != nil {
 		t.Fatalf("publish: %v (ledger holds %d confirmed events)", pubErr, ledger.Len())
 	}
-	t.Logf("published %d events in %v; waiting for the workers to finish", ledger.Len(), time.Since(start).Round(time.Millisecond))
+	t.Logf("published %d events in %v (%d confirmed as duplicates of an attempt whose answer was lost); waiting for the workers to finish",
+		ledger.Len(), time.Since(start).Round(time.Millisecond), ledger.DuplicateAcks())
 
 	report := e.converge(ledger, spec.converge)
 	t.Logf("after %v:\n%s", time.Since(start).Round(time.Second), report)

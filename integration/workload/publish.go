@@ -36,6 +36,14 @@ func (l *Ledger) Record(ev Event) {
 	l.count++
 }
 
+// DuplicateAcks is how many events were confirmed by a PubAck flagged duplicate: an earlier
+// attempt had been stored although its answer was lost.
+func (l *Ledger) DuplicateAcks() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dupAck
+}
+
 // Len is the number of confirmed events.
 func (l *Ledger) Len() int {
 	l.mu.Lock()
