@@ -155,10 +155,7 @@ func (e *Engine) read(r *partitionReader) {
 					unhanded = append(unhanded, m)
 					continue
 				}
-				in.dec, in.decErr = e.opts.Decode(m.Data())
-				select {
-				case e.in <- in:
-				case <-e.quit:
+				if !e.handOn(in) {
 					cancel()
 					return
 				}
@@ -210,6 +207,18 @@ func (e *Engine) read(r *partitionReader) {
 				return
 			}
 		}
+	}
+}
+
+// handOn decodes in's message (in the reader's goroutine, off the loop) and hands it to the
+// loop; it returns false when the engine quits first.
+func (e *Engine) handOn(in inbound) bool {
+	in.dec, in.decErr = e.opts.Decode(in.msg.Data())
+	select {
+	case e.in <- in:
+		return true
+	case <-e.quit:
+		return false
 	}
 }
 
@@ -305,10 +314,7 @@ func (e *Engine) syncReader(r *partitionReader) (uint64, bool) {
 				for _, m := range got {
 					in := inbound{msg: m, partition: r.p, epoch: r.epoch}
 					in.meta, in.metaErr = m.Metadata()
-					in.dec, in.decErr = e.opts.Decode(m.Data())
-					select {
-					case e.in <- in:
-					case <-e.quit:
+					if !e.handOn(in) {
 						return 0, false
 					}
 				}
