@@ -475,22 +475,32 @@ func (e *env) logConsumers() {
 func (e *env) logStoredTwice() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := e.js.Stream(ctx, eventsStream)
+	twice, err := storedTwice(ctx, e.js)
 	if err != nil {
 		e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
 		return
 	}
+	if len(twice) > 0 {
+		e.t.Logf("the stream holds %d event(s) more than once: %s", len(twice), strings.Join(twice, "; "))
+	}
+}
+
+// storedTwice returns, sorted, "<msg id> at [seqs]" for every Nats-Msg-Id the events stream
+// holds at more than one sequence.
+func storedTwice(ctx context.Context, js jetstream.JetStream) ([]string, error) {
+	s, err := js.Stream(ctx, eventsStream)
+	if err != nil {
+		return nil, err
+	}
 	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
-		return
+		return nil, err
 	}
 	seqs := map[string][]uint64{}
 	for {
 		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			e.t.Logf("scan %s for duplicates: %v", eventsStream, err)
-			return
+			return nil, err
 		}
 		n := 0
 		var last *jetstream.MsgMetadata
@@ -512,10 +522,8 @@ func (e *env) logStoredTwice() {
 			twice = append(twice, fmt.Sprintf("%s at %v", id, ss))
 		}
 	}
-	if len(twice) > 0 {
-		slices.Sort(twice)
-		e.t.Logf("the stream holds %d event(s) more than once: %s", len(twice), strings.Join(twice, "; "))
-	}
+	slices.Sort(twice)
+	return twice, nil
 }
 
 // scanSecrets fails the test if a worker or node log holds the DPS key or a signature.
