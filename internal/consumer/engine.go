@@ -1030,8 +1030,51 @@ func (e *Engine) publishLetters(ctx context.Context, sts []*msgState, class stri
 // confirmed ack matters for order: the key's next event is released only after this one can
 // no longer be redelivered (a replicated consumer confirms an ack once a quorum stored it;
 // a plain ack followed by a flush can be lost with the consumer leader).
+//
+// Of a key's events (a folded group: a create and the updates folded into it, say), the
+// newest is acknowledged last, once the others' acks are confirmed — a second round trip,
+// only for batches that folded. A worker that dies between the acks then leaves the newest
+// unacknowledged, so what comes back of the key always ends with the content DPS got last,
+// and applying it again reaches the same state. Acknowledged all at once, the group's create
+// could come back alone after the update folded into it was settled: its next owner would
+// find the update's content on DPS — neither the create's, nor a folded one's, nor a later
+// event's — and dead-letter the create (409201); an older update coming back alone would
+// put older content back.
 func (e *Engine) ackAll(ctx context.Context, sts []*msgState) {
 	sts = e.removeReplayedLetters(ctx, sts)
+	others, newest := splitNewestOfKey(sts)
+	e.ackConcurrently(ctx, others)
+	for _, st := range others {
+		if !st.acked {
+			return // ctx ended: everything not acknowledged comes back
+		}
+	}
+	e.ackConcurrently(ctx, newest)
+}
+
+// splitNewestOfKey splits sts into the newest event (highest stream sequence) of each key
+// and the others. Events without a key (undecodable) count as their own key.
+func splitNewestOfKey(sts []*msgState) (others, newest []*msgState) {
+	top := make(map[string]*msgState, len(sts))
+	for _, st := range sts {
+		if k := st.dec.Key; k != "" {
+			if cur, ok := top[k]; !ok || st.seq > cur.seq {
+				top[k] = st
+			}
+		}
+	}
+	for _, st := range sts {
+		if st.dec.Key == "" || top[st.dec.Key] == st {
+			newest = append(newest, st)
+		} else {
+			others = append(others, st)
+		}
+	}
+	return others, newest
+}
+
+// ackConcurrently acknowledges sts at once and waits for every confirmation (or ctx's end).
+func (e *Engine) ackConcurrently(ctx context.Context, sts []*msgState) {
 	switch len(sts) {
 	case 0:
 		return

@@ -1525,3 +1525,83 @@ func TestEngineResyncsAfterADeliveryWentElsewhere(t *testing.T) {
 	appliedOrder(t, fa, "k", v, 15*time.Second)
 	r.waitAcked(10 * time.Second)
 }
+
+// TestEngineAcksAKeysNewestEventLast: of a key's events settled together (a folded group),
+// the newest is acknowledged only once the others' acks are confirmed. A worker that dies in
+// between then leaves the newest unacknowledged, so what comes back of the key ends with the
+// content DPS got last. Acknowledged all at once, the group's create could come back alone
+// after the update folded into it was settled: its next owner finds the update's content on
+// DPS, neither the create's nor a later event's, and dead-letters the create (409201).
+func TestEngineAcksAKeysNewestEventLast(t *testing.T) {
+	fa := newFakeApplier(nil)
+	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
+		Batcher: batcher.Config{Coalesce: true, Linger: 300 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = eng.Run(ctx) }()
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }); cancel(); <-eng.Done() })
+	event := func(seq uint64, ev testEvent) (*fakeMsg, []byte) {
+		b, _ := json.Marshal(ev)
+		return &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
+			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: 1}}, b
+	}
+	send := func(m jetstream.Msg, data []byte) {
+		in := inbound{msg: m, partition: 0, epoch: 1}
+		in.meta, in.metaErr = m.Metadata()
+		in.dec, in.decErr = testDecode(data)
+		eng.in <- in
+	}
+	f1, b1 := event(1, testEvent{ID: "1", Key: "k", Op: "create", V: 1})
+	send(&slowAckMsg{fakeMsg: f1, release: release}, b1) // its ack waits
+	m2, b2 := event(2, testEvent{ID: "2", Key: "k", Op: "update", V: 2})
+	send(m2, b2)
+	m3, b3 := event(3, testEvent{ID: "3", Key: "k", Op: "update", V: 3})
+	send(m3, b3)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fa.mu.Lock()
+		got := strings.Join(fa.log["k"], ",")
+		fa.mu.Unlock()
+		if got != "" {
+			if got != "create:3" {
+				t.Fatalf("key k applied as %s, want the folded create:3", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("key k not applied within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The create and the update between are acknowledged together; the newest waits.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if acks, _ := m2.counts(); acks == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("k's middle event was not acknowledged while its create's ack waited")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if acks, _ := m3.counts(); acks != 0 {
+		t.Fatal("the newest event of k was acknowledged while the ack of its create was not confirmed")
+	}
+	once.Do(func() { close(release) })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		a1, _ := f1.counts()
+		a2, _ := m2.counts()
+		a3, _ := m3.counts()
+		if a1 == 1 && a2 == 1 && a3 == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("acks after the release: %d, %d, %d, want 1 each", a1, a2, a3)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
