@@ -21,9 +21,11 @@
 //     key's next update events (Item.Later, read from the stream, no DPS operation): only a
 //     write of this create's merged group can have put it there, since the key's earlier
 //     events were settled before the create was first delivered. And when DPS holds the
-//     content of the create or of an update folded into it before its last (Item.Prior), a
-//     previous attempt applied a prefix of the group: the create is ours, and an upsert of
-//     the group's content finishes it.
+//     content of the create or of an update folded into it before its last (Item.Prior), or
+//     of an update stored between the create and the entry's newest event that is not in
+//     the entry (Successors.Between: a previous owner applied it folded into the create and
+//     settled it while the create's ack was lost), a previous attempt applied a prefix of
+//     the key's events: the create is ours, and an upsert of the entry's content finishes it.
 //   - a whole-request 400 splits the batch in halves until the bad item stands alone, so good
 //     items still apply.
 //   - per-item or whole-call 408, 429 and 5xx, timeouts and connection errors are transient;
@@ -67,14 +69,25 @@ type Item struct {
 	Group      *dps.EnrollmentGroup
 	// Redelivered says the event behind the item may already have been applied once.
 	Redelivered bool
-	// Later, when set, returns the item's key's next events, as long as they are updates,
-	// in order (a redelivered create only; nil otherwise). See the package doc: a previous
-	// owner may have applied the create merged with them.
-	Later func(ctx context.Context) ([]Item, error)
+	// Later, when set, returns the item's key's update events that follow its create in the
+	// stream and are not part of the item (a redelivered create only; nil otherwise). See the
+	// package doc: a previous owner may have applied the create merged with them.
+	Later func(ctx context.Context) (Successors, error)
 	// Prior holds, for a create that events were folded into (batcher rule R2), the contents
 	// of the create and the updates before the last one, oldest first: a previous attempt may
 	// have applied a prefix of them (the create alone, before a redelivery regrouped them).
 	Prior []Item
+}
+
+// Successors are the update events of a redelivered create's key that follow the create in
+// the stream and are not part of the item, in order, up to the key's first other operation.
+type Successors struct {
+	// Between are stored before the item's newest event: a previous owner applied them
+	// folded into the create and settled them, while the create came back.
+	Between []Item
+	// After are stored after the item's newest event: a previous owner may have applied the
+	// create folded with them; they come again themselves.
+	After []Item
 }
 
 // ID returns the id the item targets, as the event spelled it.
@@ -496,8 +509,8 @@ const (
 	holdsOther   holding = iota // something else
 	holdsUnknown                // it could not be read (or the key's next events could not)
 	holdsItsOwn                 // the item's content
-	holdsPrior                  // the content of an event folded into the item before its last (Item.Prior)
-	holdsLater                  // the content of one of the key's next updates (Item.Later)
+	holdsPrior                  // the content of an event folded into the item before its last (Item.Prior), or of one settled between them (Successors.Between)
+	holdsLater                  // the content of one of the key's updates after the item (Successors.After)
 )
 
 // holds reads the id's current content (one GET) and tells whose it is; err says why it
@@ -529,10 +542,18 @@ func (a *Applier) holds(ctx context.Context, it Item) (holding, error) {
 		if err != nil {
 			return holdsUnknown, err
 		}
-		for _, l := range later {
+		for _, b := range later.Between {
+			if SameContent(b, cur) {
+				h, match = holdsPrior, b // a prefix of the group, the item's content still to write
+				break
+			}
+		}
+		for _, l := range later.After {
+			if h != holdsOther {
+				break
+			}
 			if SameContent(l, cur) {
 				h, match = holdsLater, l
-				break
 			}
 		}
 	}

@@ -231,10 +231,38 @@ func TestApply(t *testing.T) {
 				f.store["a"], f.content["a"] = "e0", "2"
 			},
 			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
-				Later: func(context.Context) ([]Item, error) {
-					return []Item{item(dps.BulkModeUpdate, "a", "3"), item(dps.BulkModeUpdate, "a", "2")}, nil
+				Later: func(context.Context) (Successors, error) {
+					return Successors{After: []Item{item(dps.BulkModeUpdate, "a", "3"), item(dps.BulkModeUpdate, "a", "2")}}, nil
 				}}},
 			want:      "applied",
+			wantCalls: "bulk-create[a] get(a)",
+		},
+		{
+			name: "a redelivered create finding the content of an update settled between it and its folded events finishes with an upsert",
+			setup: func(f *fakeDPS, _ *Applier) {
+				// A previous owner applied the create with update 2 folded into it and settled
+				// update 2 only; the create came back with the newer updates 3 and 4.
+				f.store["a"], f.content["a"] = "e0", "2"
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "4").Enrollment,
+				Prior: []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeUpdate, "a", "3")},
+				Later: func(context.Context) (Successors, error) {
+					return Successors{Between: []Item{item(dps.BulkModeUpdate, "a", "2")}, After: []Item{item(dps.BulkModeUpdate, "a", "5")}}, nil
+				}}},
+			want:      "applied",
+			wantCalls: `bulk-create[a] get(a) put(a,"*")`,
+		},
+		{
+			name: "a redelivered create finding content that is neither its own, a prior, a settled nor a later update's is permanent",
+			setup: func(f *fakeDPS, _ *Applier) {
+				f.store["a"], f.content["a"] = "e0", "other"
+			},
+			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "4").Enrollment,
+				Prior: []Item{item(dps.BulkModeCreate, "a", "1"), item(dps.BulkModeUpdate, "a", "3")},
+				Later: func(context.Context) (Successors, error) {
+					return Successors{Between: []Item{item(dps.BulkModeUpdate, "a", "2")}, After: []Item{item(dps.BulkModeUpdate, "a", "5")}}, nil
+				}}},
+			want:      "permanent",
 			wantCalls: "bulk-create[a] get(a)",
 		},
 		{
@@ -243,7 +271,9 @@ func TestApply(t *testing.T) {
 				f.store["a"], f.content["a"] = "e0", "other"
 			},
 			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
-				Later: func(context.Context) ([]Item, error) { return []Item{item(dps.BulkModeUpdate, "a", "2")}, nil }}},
+				Later: func(context.Context) (Successors, error) {
+					return Successors{After: []Item{item(dps.BulkModeUpdate, "a", "2")}}, nil
+				}}},
 			want:      "permanent",
 			wantCalls: "bulk-create[a] get(a)",
 		},
@@ -253,7 +283,7 @@ func TestApply(t *testing.T) {
 				f.store["a"], f.content["a"] = "e0", "2"
 			},
 			items: []Item{{Kind: KindEnrollment, Op: dps.BulkModeCreate, Redelivered: true, Enrollment: item(dps.BulkModeCreate, "a", "1").Enrollment,
-				Later: func(context.Context) ([]Item, error) { return nil, errors.New("stream unavailable") }}},
+				Later: func(context.Context) (Successors, error) { return Successors{}, errors.New("stream unavailable") }}},
 			want:      "transient",
 			wantCalls: "bulk-create[a] get(a)",
 		},

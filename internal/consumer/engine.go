@@ -885,8 +885,15 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 			}
 		}
 		if it.Redelivered && it.Op == dps.BulkModeCreate && e.opts.Successor != nil {
-			subject, after := st.msg.Subject(), st.seq // st is the entry's newest event
-			it.Later = func(ctx context.Context) ([]applier.Item, error) { return e.laterUpdates(ctx, subject, after) }
+			own := statesOf(en) // the create first, then what was folded into it
+			seqs := make(map[uint64]bool, len(own))
+			for _, o := range own {
+				seqs[o.seq] = true
+			}
+			subject, from, newest := st.msg.Subject(), own[0].seq, st.seq // st is the entry's newest event
+			it.Later = func(ctx context.Context) (applier.Successors, error) {
+				return e.laterUpdates(ctx, subject, from, newest, seqs)
+			}
 		}
 		items = append(items, it)
 		live = append(live, i)
@@ -972,14 +979,19 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 	}
 }
 
-// maxLater bounds how many of a key's next events laterUpdates reads.
+// maxLater bounds how many of a key's events laterUpdates reads after an entry's newest
+// event, and how many it reads between the entry's create and its newest event.
 const maxLater = 64
 
-// laterUpdates returns the update events that follow sequence after on subject (one key's
-// subject), in order, up to the first event that is not an update.
-func (e *Engine) laterUpdates(ctx context.Context, subject string, after uint64) ([]applier.Item, error) {
-	var out []applier.Item
-	for range maxLater {
+// laterUpdates returns the update events stored on subject (one key's subject) after the
+// create at sequence from, in order, up to the first event that is not an update: those
+// stored up to newest (the entry's newest event) that are not the entry's own (own) as
+// Between — a previous owner applied them folded into the create and settled them while the
+// create came back — and those stored after newest as After.
+func (e *Engine) laterUpdates(ctx context.Context, subject string, from, newest uint64, own map[uint64]bool) (applier.Successors, error) {
+	var out applier.Successors
+	after := from
+	for reads := 0; reads < len(own)+2*maxLater && len(out.After) < maxLater; reads++ {
 		data, seq, found, err := e.opts.Successor(ctx, subject, after)
 		if err != nil {
 			return out, err
@@ -987,12 +999,19 @@ func (e *Engine) laterUpdates(ctx context.Context, subject string, after uint64)
 		if !found {
 			return out, nil
 		}
+		after = seq
+		if own[seq] {
+			continue
+		}
 		dec, err := e.opts.Decode(data)
 		if err != nil || dec.Item.Op != dps.BulkModeUpdate {
 			return out, nil
 		}
-		out = append(out, dec.Item)
-		after = seq
+		if seq < newest {
+			out.Between = append(out.Between, dec.Item)
+		} else {
+			out.After = append(out.After, dec.Item)
+		}
 	}
 	return out, nil
 }

@@ -728,9 +728,10 @@ func TestEngineReopensPullEndedByServer(t *testing.T) {
 	r.waitAcked(10 * time.Second)
 }
 
-// TestEngineLaterUpdates reads a key's next events from the stream after a redelivered
-// create: the updates that follow it, in order, up to the first other operation, and
-// none of another key's.
+// TestEngineLaterUpdates reads a key's events from the stream after a redelivered create:
+// the updates that follow it, in order, up to the first other operation, and none of
+// another key's — those before the entry's newest event that are not the entry's own as
+// Between (settled by a previous owner), those after it as After.
 func TestEngineLaterUpdates(t *testing.T) {
 	block := make(chan struct{}) // nothing is applied: the test reads the stream only
 	defer close(block)
@@ -749,34 +750,45 @@ func TestEngineLaterUpdates(t *testing.T) {
 			return m.Data, m.Sequence, true, nil
 		},
 	})
-	var first uint64
-	for i, ev := range []testEvent{
+	seqs := map[string]uint64{}
+	for _, ev := range []testEvent{
 		{ID: "1", Key: "k", Op: "create", V: 1},
 		{ID: "2", Key: "other", Op: "update", V: 2},
-		{ID: "3", Key: "k", Op: "update", V: 3},
-		{ID: "4", Key: "k", Op: "update", V: 4},
-		{ID: "5", Key: "k", Op: "delete", V: 5},
-		{ID: "6", Key: "k", Op: "update", V: 6},
+		{ID: "3", Key: "k", Op: "update", V: 3}, // settled by a previous owner
+		{ID: "4", Key: "k", Op: "update", V: 4}, // folded into the create: the entry's newest
+		{ID: "5", Key: "k", Op: "update", V: 5},
+		{ID: "6", Key: "k", Op: "delete", V: 6},
+		{ID: "7", Key: "k", Op: "update", V: 7},
 	} {
 		b, _ := json.Marshal(ev)
 		ack, err := r.js.Publish(context.Background(), "dpsync.events.enrollment."+ev.Key, b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i == 0 {
-			first = ack.Sequence
-		}
+		seqs[ev.ID] = ack.Sequence
 	}
-	later, err := r.eng.laterUpdates(context.Background(), r.cfg.PartitionSubject(0)[:len(r.cfg.PartitionSubject(0))-1]+"enrollment.k", first)
+	names := func(items []applier.Item) string {
+		var got []string
+		for _, it := range items {
+			got = append(got, string(it.Op)+":"+it.Enrollment.DeviceID)
+		}
+		return strings.Join(got, ",")
+	}
+	subject := r.cfg.PartitionSubject(0)[:len(r.cfg.PartitionSubject(0))-1] + "enrollment.k"
+	later, err := r.eng.laterUpdates(context.Background(), subject, seqs["1"], seqs["4"], map[uint64]bool{seqs["1"]: true, seqs["4"]: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, it := range later {
-		got = append(got, string(it.Op)+":"+it.Enrollment.DeviceID)
+	if got, want := names(later.Between)+" | "+names(later.After), "update:3 | update:5"; got != want {
+		t.Fatalf("successors of k's create folded with event 4: got %s, want %s (between | after)", got, want)
 	}
-	if want := "update:3,update:4"; strings.Join(got, ",") != want {
-		t.Fatalf("later updates of k: got %v, want %s", got, want)
+	// The create alone: everything up to the delete comes after it.
+	later, err = r.eng.laterUpdates(context.Background(), subject, seqs["1"], seqs["1"], map[uint64]bool{seqs["1"]: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(later.Between)+" | "+names(later.After), " | update:3,update:4,update:5"; got != want {
+		t.Fatalf("successors of k's create alone: got %s, want %s (between | after)", got, want)
 	}
 }
 
