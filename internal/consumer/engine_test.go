@@ -1236,28 +1236,45 @@ func (m *fakeMsg) Term() error                      { return nil }
 func (m *fakeMsg) TermWithReason(string) error      { return nil }
 func (m *fakeMsg) counts() (acks, naks int)         { m.mu.Lock(); defer m.mu.Unlock(); return m.acks, m.naks }
 
-// TestEngineDropsASettledEventDeliveredAsNew: after a consumer-leader failover the new
-// leader may deliver an event it does not know was delivered (and acknowledged) as a first
-// delivery. An event whose stream sequence the engine settled is acknowledged and dropped,
-// whatever its delivery count.
-func TestEngineDropsASettledEventDeliveredAsNew(t *testing.T) {
+// readerless runs an engine of one partition without readers: the test hands it messages
+// itself (send), made by fakeEvent.
+func readerless(t *testing.T, b batcher.Config) (*Engine, *fakeApplier) {
+	t.Helper()
 	fa := newFakeApplier(nil)
-	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
-		Batcher: batcher.Config{Linger: time.Millisecond}})
+	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{}, Batcher: b})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { _ = eng.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-eng.Done() })
+	return eng, fa
+}
+
+// fakeEvent is ev as the server delivers it at stream sequence seq, for the delivered-th time.
+func fakeEvent(seq, delivered uint64, ev testEvent) *fakeMsg {
+	b, _ := json.Marshal(ev)
+	return &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
+		meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: delivered}}
+}
+
+// send hands m to eng's loop as the reader of partition 0 (epoch 1) would.
+func send(eng *Engine, m jetstream.Msg) {
+	in := inbound{msg: m, partition: 0, epoch: 1}
+	in.meta, in.metaErr = m.Metadata()
+	in.dec, in.decErr = testDecode(m.Data())
+	eng.in <- in
+}
+
+// TestEngineDropsASettledEventDeliveredAsNew: after a consumer-leader failover the new
+// leader may deliver an event it does not know was delivered (and acknowledged) as a first
+// delivery. An event whose stream sequence the engine settled is acknowledged and dropped,
+// whatever its delivery count.
+func TestEngineDropsASettledEventDeliveredAsNew(t *testing.T) {
+	eng, fa := readerless(t, batcher.Config{Linger: time.Millisecond})
 	deliver := func(seq uint64, delivered uint64, ev testEvent) *fakeMsg {
-		b, _ := json.Marshal(ev)
-		m := &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
-			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: delivered}}
-		in := inbound{msg: m, partition: 0, epoch: 1}
-		in.meta, in.metaErr = m.Metadata()
-		in.dec, in.decErr = testDecode(b)
-		eng.in <- in
+		m := fakeEvent(seq, delivered, ev)
+		send(eng, m)
 		return m
 	}
 	waitAcked := func(m *fakeMsg) {
@@ -1303,34 +1320,15 @@ func (m *slowAckMsg) DoubleAck(ctx context.Context) error {
 // not acknowledgements: while one batch's acks are on their way, the next batch is applied
 // (its key is another); the first batch's key stays blocked until its acks are confirmed.
 func TestEngineFreesTheSlotWhenDPSCallsReturn(t *testing.T) {
-	fa := newFakeApplier(nil)
-	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
-		Batcher: batcher.Config{Linger: time.Millisecond, MaxInFlight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = eng.Run(ctx) }()
+	eng, fa := readerless(t, batcher.Config{Linger: time.Millisecond, MaxInFlight: 1})
 	release := make(chan struct{})
 	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }); cancel(); <-eng.Done() })
-	send := func(m jetstream.Msg, data []byte) {
-		in := inbound{msg: m, partition: 0, epoch: 1}
-		in.meta, in.metaErr = m.Metadata()
-		in.dec, in.decErr = testDecode(data)
-		eng.in <- in
-	}
-	event := func(seq uint64, ev testEvent) (*fakeMsg, []byte) {
-		b, _ := json.Marshal(ev)
-		return &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
-			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: 1}}, b
-	}
-	f1, b1 := event(1, testEvent{ID: "1", Key: "k1", Op: "create", V: 1})
-	send(&slowAckMsg{fakeMsg: f1, release: release}, b1)
-	m2, b2 := event(2, testEvent{ID: "2", Key: "k1", Op: "update", V: 2})
-	send(m2, b2)
-	m3, b3 := event(3, testEvent{ID: "3", Key: "k2", Op: "delete", V: 3}) // another group: a batch of its own
-	send(m3, b3)
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	f1 := fakeEvent(1, 1, testEvent{ID: "1", Key: "k1", Op: "create", V: 1})
+	send(eng, &slowAckMsg{fakeMsg: f1, release: release})
+	m2 := fakeEvent(2, 1, testEvent{ID: "2", Key: "k1", Op: "update", V: 2})
+	send(eng, m2)
+	send(eng, fakeEvent(3, 1, testEvent{ID: "3", Key: "k2", Op: "delete", V: 3})) // another group: a batch of its own
 	deadline := time.Now().Add(5 * time.Second)
 	for { // k2 applied while k1's first ack is still waiting
 		fa.mu.Lock()
@@ -1552,34 +1550,16 @@ func TestEngineResyncsAfterADeliveryWentElsewhere(t *testing.T) {
 // after the update folded into it was settled: its next owner finds the update's content on
 // DPS, neither the create's nor a later event's, and dead-letters the create (409201).
 func TestEngineAcksAKeysNewestEventLast(t *testing.T) {
-	fa := newFakeApplier(nil)
-	eng, err := NewEngine(Options{Stream: StreamConfig{Partitions: 1}, Decode: testDecode, Apply: fa, DeadLetters: &fakeDLQ{},
-		Batcher: batcher.Config{Coalesce: true, Linger: 300 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = eng.Run(ctx) }()
+	eng, fa := readerless(t, batcher.Config{Coalesce: true, Linger: 300 * time.Millisecond})
 	release := make(chan struct{})
 	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }); cancel(); <-eng.Done() })
-	event := func(seq uint64, ev testEvent) (*fakeMsg, []byte) {
-		b, _ := json.Marshal(ev)
-		return &fakeMsg{subject: "dpsync.part.0.enrollment." + ev.Key, data: b,
-			meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: 1}}, b
-	}
-	send := func(m jetstream.Msg, data []byte) {
-		in := inbound{msg: m, partition: 0, epoch: 1}
-		in.meta, in.metaErr = m.Metadata()
-		in.dec, in.decErr = testDecode(data)
-		eng.in <- in
-	}
-	f1, b1 := event(1, testEvent{ID: "1", Key: "k", Op: "create", V: 1})
-	send(&slowAckMsg{fakeMsg: f1, release: release}, b1) // its ack waits
-	m2, b2 := event(2, testEvent{ID: "2", Key: "k", Op: "update", V: 2})
-	send(m2, b2)
-	m3, b3 := event(3, testEvent{ID: "3", Key: "k", Op: "update", V: 3})
-	send(m3, b3)
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	f1 := fakeEvent(1, 1, testEvent{ID: "1", Key: "k", Op: "create", V: 1})
+	send(eng, &slowAckMsg{fakeMsg: f1, release: release}) // its ack waits
+	m2 := fakeEvent(2, 1, testEvent{ID: "2", Key: "k", Op: "update", V: 2})
+	send(eng, m2)
+	m3 := fakeEvent(3, 1, testEvent{ID: "3", Key: "k", Op: "update", V: 3})
+	send(eng, m3)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		fa.mu.Lock()
