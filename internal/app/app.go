@@ -106,6 +106,7 @@ func Run(ctx context.Context, o Options) error {
 		// A letter, like a DPS write, is made under the lease: each attempt within the margin.
 		LetterTimeout: o.DPSTryTimeout,
 		Fence:         fleet.fence,
+		InStep:        fleet.m.InStep,
 		WorkerID:      o.WorkerID,
 		Logger:        o.Logger.With("component", "consumer"),
 		Tracer:        tel.Tracer("dpsync/consumer"),

@@ -171,6 +171,13 @@ type Options struct {
 	Budget func() (n int, wait time.Duration)
 	// Fence reports whether the worker still owns partition p at epoch; nil = always.
 	Fence func(p int, epoch uint64) bool
+	// InStep, if set, is told whether the reader of partition p (attached at epoch) is in
+	// step with the partition's consumer: true each time it synchronised (every event the
+	// consumer counted as unacknowledged was in its hands, see syncReader), false when it
+	// found a delivery that went elsewhere. While in step nothing a previous owner left
+	// behind is out of this worker's hands, so a handover of p can be settled
+	// (membership.Membership.InStep).
+	InStep func(p int, epoch uint64, inStep bool)
 	// WorkerID names this worker in dead letters.
 	WorkerID string
 	Logger   *slog.Logger

@@ -1494,7 +1494,13 @@ func TestEngineWaitsForAnEventDeliveredElsewhereAtStart(t *testing.T) {
 // before the taken event comes back: each key's events are applied in publish order.
 func TestEngineResyncsAfterADeliveryWentElsewhere(t *testing.T) {
 	fa := newFakeApplier(nil)
-	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}})
+	var stepMu sync.Mutex
+	var steps []string // what the reader reported to InStep
+	r := newRig(t, 1, Options{Apply: fa, DeadLetters: &fakeDLQ{}, InStep: func(p int, epoch uint64, in bool) {
+		stepMu.Lock()
+		defer stepMu.Unlock()
+		steps = append(steps, fmt.Sprintf("p%d@%d:%v", p, epoch, in))
+	}})
 	ctx := context.Background()
 	cons, err := r.stream.Consumer(ctx, r.cfg.ConsumerName(0))
 	if err != nil {
@@ -1541,6 +1547,14 @@ func TestEngineResyncsAfterADeliveryWentElsewhere(t *testing.T) {
 	publishNext()
 	appliedOrder(t, fa, "k", v, 15*time.Second)
 	r.waitAcked(10 * time.Second)
+	// In step at attach, out of step at the gap, in step again once the taken event is back
+	// in its hands (a handover meanwhile is unsettled: membership.Membership.InStep).
+	stepMu.Lock()
+	defer stepMu.Unlock()
+	got := strings.Join(slices.Compact(slices.Clone(steps)), ",")
+	if want := "p0@1:true,p0@1:false,p0@1:true"; got != want {
+		t.Fatalf("InStep reports: %s, want %s", got, want)
+	}
 }
 
 // TestEngineAcksAKeysNewestEventLast: of a key's events settled together (a folded group),

@@ -168,6 +168,9 @@ func (e *Engine) read(r *partitionReader) {
 			e.opts.Logger.Warn("a delivery of the partition went elsewhere; giving back what is not in a DPS call and reading again in order",
 				"partition", r.p, "delivery", gapAt, "expected", gapWant, "given_back_unread", len(unhanded))
 			e.opts.Metrics.resync(e.readCtx, r.p)
+			if e.opts.InStep != nil {
+				e.opts.InStep(r.p, r.epoch, false)
+			}
 			if !e.giveBackForResync(r, unhanded) {
 				return
 			}
@@ -304,6 +307,9 @@ func (e *Engine) syncReader(r *partitionReader) (uint64, bool) {
 			var complete bool
 			got, last, complete, err = e.collect(r, base)
 			if err == nil && complete {
+				if e.opts.InStep != nil {
+					e.opts.InStep(r.p, r.epoch, true)
+				}
 				if attempt > 1 {
 					e.opts.Logger.Info("partition in step with its consumer again", "partition", r.p, "attempts", attempt)
 				}

@@ -161,10 +161,12 @@ type Lease struct {
 	Draining bool
 	// Clean: the partition had no owner before this one, or its owner released it settled —
 	// through Release or Close, with none of its events left in its hands (each one
-	// acknowledged or given back with a nak, so the server redelivers those first). Not
-	// clean: the lease expired (a worker that died or stopped answering may still have pull
-	// requests open and events unacknowledged), or its owner released it unsettled (drain
-	// timeout, CloseUnsettled): its events come back only when their AckWait runs out.
+	// acknowledged or given back with a nak, so the server redelivers those first), and
+	// nothing an owner before it left behind out of its hands (it acquired the lease clean,
+	// or reported InStep). Not clean: the lease expired (a worker that died or stopped
+	// answering may still have pull requests open and events unacknowledged), or its owner
+	// released it unsettled (drain timeout, CloseUnsettled) or released an unclean lease
+	// before it was in step: those events come back only when their AckWait runs out.
 	Clean bool
 }
 
@@ -229,6 +231,8 @@ type lease struct {
 	fenced    bool      // given up locally; the release write is pending
 	releaseAt time.Time // when to write the release (fenced only)
 	clean     bool      // acquired unowned or released settled (see Lease.Clean)
+	inStep    bool      // the worker has every unacknowledged event of p in hand (InStep)
+	outOfStep bool      // a delivery of p went elsewhere and the worker has not caught up (InStep)
 	unsettled bool      // fenced with events possibly still held: the release says so
 	iv        *interval
 }
@@ -381,7 +385,9 @@ func (m *Membership) Stats() Stats {
 }
 
 // Release gives up partition p: Owns(p) is false from now on and Run writes the lease as
-// released (settled), so that the next owner takes it at once and reads it right away. Call
+// released (settled, unless it was acquired unclean and the worker never reported InStep,
+// or is out of step),
+// so that the next owner takes it at once and reads it right away. Call
 // it when a Draining partition has no event in the worker's hands any more (each one
 // acknowledged or given back). Releasing a partition that is still desired for this worker
 // makes Run acquire it again under a new epoch. Releasing a partition not held at epoch
@@ -392,7 +398,7 @@ func (m *Membership) Release(p int, epoch uint64) {
 	if l != nil && !l.fenced && l.epoch == epoch {
 		now := m.o.Clock.Now()
 		m.fenceLocked(p, l, now, now)
-		l.unsettled = false
+		l.unsettled = !l.settledBefore()
 	}
 	m.mu.Unlock()
 	select {
@@ -400,6 +406,26 @@ func (m *Membership) Release(p int, epoch uint64) {
 	default:
 	}
 }
+
+// InStep records whether this worker has, at epoch, every unacknowledged event of partition
+// p in its hands (its reader synchronised with the partition's consumer, and no delivery
+// went elsewhere since). While it has, what an owner before it left behind — open pull
+// requests, events whose ack timers still run — is over, and releasing the lease settled
+// (Release, Close) is true even if the lease was acquired unclean. Otherwise an unclean
+// lease, or one where a delivery went elsewhere, is released unsettled whatever Release or
+// Close say: the next owner must wait as this one had to.
+func (m *Membership) InStep(p int, epoch uint64, inStep bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l := m.held[p]; l != nil && l.epoch == epoch {
+		l.inStep, l.outOfStep = inStep, !inStep
+	}
+}
+
+// settledBefore reports whether nothing of an owner before this one, and no delivery that
+// went elsewhere, can be left out of the worker's hands: the lease was acquired clean or the
+// worker has been in step since, and the worker is not out of step now.
+func (l *lease) settledBefore() bool { return (l.clean || l.inStep) && !l.outOfStep }
 
 // fenceLocked stops using l at now; the release is written at releaseAt, as unsettled
 // unless the caller says otherwise.
@@ -413,12 +439,12 @@ func (m *Membership) fenceLocked(p int, l *lease, now, releaseAt time.Time) {
 	m.log.Info("partition fenced", "partition", p, "epoch", l.epoch)
 }
 
-// Close stops Run (if active) and waits for it, releases every held lease (settled) and
-// deletes this worker's member key, so that the others take the partitions over at once.
-// Call it after the work of the partitions stopped with every event acknowledged or given
-// back; when events may be left unacknowledged (a stop that timed out) call CloseUnsettled.
-// Owns is false from the start of Close. Close is
-// idempotent; when the bucket is unreachable it gives up after one request timeout (the
+// Close stops Run (if active) and waits for it, releases every held lease (settled, but for
+// leases acquired unclean without InStep since, or out of step) and deletes this worker's member key, so
+// that the others take the partitions over at once. Call it after the work of the
+// partitions stopped with every event acknowledged or given back; when events may be left
+// unacknowledged (a stop that timed out) call CloseUnsettled. Owns is false from the start
+// of Close. Close is idempotent; when the bucket is unreachable it gives up after one request timeout (the
 // leases then expire after LeaseTTL) but still waits, within ctx, for the bucket watch to
 // stop (up to the connection's JetStream timeout, 5s by default).
 func (m *Membership) Close(ctx context.Context) error { return m.close(ctx, false) }
@@ -450,7 +476,7 @@ func (m *Membership) close(ctx context.Context, unsettled bool) error {
 	for p, l := range m.held {
 		if !l.fenced {
 			m.fenceLocked(p, l, now, now)
-			l.unsettled = unsettled
+			l.unsettled = unsettled || !l.settledBefore()
 		}
 		ps = append(ps, p)
 	}

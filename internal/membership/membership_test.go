@@ -123,6 +123,49 @@ func TestUnsettledReleaseIsNotClean(t *testing.T) {
 	f.checkIntervals()
 }
 
+// TestUnreadExpiredLeaseIsHandedOnUnclean: a worker that took over a dead worker's expired
+// leases and hands them on before it was in step with their partitions (InStep), or after
+// a delivery went elsewhere, releases them unsettled whatever Release or Close say: events
+// may still be out of anyone's hands, and the next owner must wait for them as this one had
+// to. In step, the same handovers are clean.
+func TestUnreadExpiredLeaseIsHandedOnUnclean(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		marks []bool // InStep reports for each of a's leases, in order
+		clean bool
+	}{
+		{"never in step", nil, false},
+		{"in step", []bool{true}, true},
+		{"in step, then a delivery went elsewhere", []bool{true, false}, false},
+		{"in step again", []bool{true, false, true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t)
+			c := f.join("c", nil)
+			eventually(t, 3*testTTL, func() bool { return len(owned(c.Membership)) == testParts }, "c owns every partition")
+			c.stopRun() // kill -9: its leases expire
+			a := f.joinReleasing("a")
+			eventually(t, testTTL+3*testRenew+slack, func() bool { return len(owned(a.Membership)) == testParts }, "a owns every partition")
+			checkClean(t, owned(a.Membership), false, a.Membership) // expired
+			for _, p := range owned(a.Membership) {
+				epoch, _ := a.Owns(p)
+				for _, m := range tc.marks {
+					a.InStep(p, epoch, m)
+				}
+			}
+			d := f.joinReleasing("d")
+			eventually(t, 3*testTTL, func() bool { return fair(a, d) }, "fair split of a and d")
+			checkClean(t, owned(d.Membership), tc.clean, d.Membership)
+			// And a's Close.
+			left := owned(a.Membership)
+			a.close()
+			takenOver(t, testRenew+slack, left, d)
+			checkClean(t, left, tc.clean, d.Membership)
+			d.close()
+		})
+	}
+}
+
 func TestCrashIsTakenOverWithinTTL(t *testing.T) {
 	f := newFleet(t)
 	a, b, c := f.join("a", nil), f.join("b", nil), f.join("c", nil)
