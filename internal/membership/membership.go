@@ -231,8 +231,7 @@ type lease struct {
 	fenced    bool      // given up locally; the release write is pending
 	releaseAt time.Time // when to write the release (fenced only)
 	clean     bool      // acquired unowned or released settled (see Lease.Clean)
-	inStep    bool      // the worker has every unacknowledged event of p in hand (InStep)
-	outOfStep bool      // a delivery of p went elsewhere and the worker has not caught up (InStep)
+	step      int8      // what the worker last reported (InStep): 0 nothing, 1 in step, -1 out of step
 	unsettled bool      // fenced with events possibly still held: the release says so
 	iv        *interval
 }
@@ -386,8 +385,7 @@ func (m *Membership) Stats() Stats {
 
 // Release gives up partition p: Owns(p) is false from now on and Run writes the lease as
 // released (settled, unless it was acquired unclean and the worker never reported InStep,
-// or is out of step),
-// so that the next owner takes it at once and reads it right away. Call
+// or is out of step), so that the next owner takes it at once and reads it right away. Call
 // it when a Draining partition has no event in the worker's hands any more (each one
 // acknowledged or given back). Releasing a partition that is still desired for this worker
 // makes Run acquire it again under a new epoch. Releasing a partition not held at epoch
@@ -418,14 +416,17 @@ func (m *Membership) InStep(p int, epoch uint64, inStep bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if l := m.held[p]; l != nil && l.epoch == epoch {
-		l.inStep, l.outOfStep = inStep, !inStep
+		l.step = -1
+		if inStep {
+			l.step = 1
+		}
 	}
 }
 
 // settledBefore reports whether nothing of an owner before this one, and no delivery that
 // went elsewhere, can be left out of the worker's hands: the lease was acquired clean or the
 // worker has been in step since, and the worker is not out of step now.
-func (l *lease) settledBefore() bool { return (l.clean || l.inStep) && !l.outOfStep }
+func (l *lease) settledBefore() bool { return l.step > 0 || l.clean && l.step == 0 }
 
 // fenceLocked stops using l at now; the release is written at releaseAt, as unsettled
 // unless the caller says otherwise.
