@@ -1258,6 +1258,32 @@ func fakeEvent(seq, delivered uint64, ev testEvent) *fakeMsg {
 		meta: jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: seq}, NumDelivered: delivered}}
 }
 
+// ackedOnce waits up to 5 s until each of ms was acknowledged, and requires each to be
+// acknowledged exactly once; what says what the wait is for.
+func ackedOnce(t *testing.T, what string, ms ...*fakeMsg) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		all, acks := true, make([]int, len(ms))
+		for i, m := range ms {
+			acks[i], _ = m.counts()
+			all = all && acks[i] > 0
+		}
+		if all {
+			for i, n := range acks {
+				if n != 1 {
+					t.Fatalf("%s: message %d acknowledged %d times, want once", what, i+1, n)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not acknowledged within 5s (acks %v)", what, acks)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // send hands m to eng's loop as the reader of partition 0 (epoch 1) would.
 func send(eng *Engine, m jetstream.Msg) {
 	in := inbound{msg: m, partition: 0, epoch: 1}
@@ -1277,23 +1303,10 @@ func TestEngineDropsASettledEventDeliveredAsNew(t *testing.T) {
 		send(eng, m)
 		return m
 	}
-	waitAcked := func(m *fakeMsg) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if acks, _ := m.counts(); acks > 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("not acknowledged within 5s")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitAcked(deliver(5, 1, testEvent{ID: "a", Key: "k", Op: "update", V: 1}))
-	waitAcked(deliver(7, 1, testEvent{ID: "b", Key: "k", Op: "delete", V: 2}))
+	ackedOnce(t, "event a", deliver(5, 1, testEvent{ID: "a", Key: "k", Op: "update", V: 1}))
+	ackedOnce(t, "event b", deliver(7, 1, testEvent{ID: "b", Key: "k", Op: "delete", V: 2}))
 	again := deliver(5, 1, testEvent{ID: "a", Key: "k", Op: "update", V: 1}) // as new
-	waitAcked(again)
+	ackedOnce(t, "the copy of a delivered as new", again)
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
 	if got, want := strings.Join(fa.log["k"], ","), "update:1,delete:2"; got != want {
@@ -1346,15 +1359,7 @@ func TestEngineFreesTheSlotWhenDPSCallsReturn(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	once.Do(func() { close(release) })
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if acks, _ := m2.counts(); acks == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("k1's second event was not applied after the first one's ack")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ackedOnce(t, "k1's second event, applied after the first one's ack", m2)
 }
 
 func TestSettledSet(t *testing.T) {
@@ -1591,30 +1596,11 @@ func TestEngineAcksAKeysNewestEventLast(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// The create and the update between are acknowledged together; the newest waits.
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if acks, _ := m2.counts(); acks == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("k's middle event was not acknowledged while its create's ack waited")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ackedOnce(t, "k's middle event, while its create's ack waits", m2)
 	time.Sleep(100 * time.Millisecond)
 	if acks, _ := m3.counts(); acks != 0 {
 		t.Fatal("the newest event of k was acknowledged while the ack of its create was not confirmed")
 	}
 	once.Do(func() { close(release) })
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		a1, _ := f1.counts()
-		a2, _ := m2.counts()
-		a3, _ := m3.counts()
-		if a1 == 1 && a2 == 1 && a3 == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("acks after the release: %d, %d, %d, want 1 each", a1, a2, a3)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ackedOnce(t, "k's events after the release", f1, m2, m3)
 }
