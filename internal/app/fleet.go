@@ -190,8 +190,9 @@ func (pm *partitionManager) start(p int, epoch uint64, clean bool) {
 	// and it sends none once its lease is gone. What the server handed it comes back when
 	// unacknowledged for AckWait. So: pull nothing until its requests are over, then until
 	// nothing of the partition is unacknowledged or AckWait has passed — the server then
-	// redelivers those events first, ahead of newer ones of their keys. Clean: its requests are over and
-	// what it did not acknowledge it gave back, so it is redelivered first already. Either
+	// redelivers those events first, ahead of newer ones of their keys. Clean: its requests
+	// are over and what it did not acknowledge it gave back, so it is redelivered first
+	// already (or it was in step with the consumer: membership.Membership.InStep). Either
 	// way the reader collects the unacknowledged events and hands them on in stream order
 	// once none is left elsewhere (consumer.Engine.Attach), and watches for deliveries that
 	// go elsewhere later (a paused previous owner's request the server registers late).

@@ -986,8 +986,8 @@ func (e *Engine) runBatch(ctx context.Context, d batchDone, kind string, op batc
 	}
 }
 
-// maxLater bounds how many of a key's events laterUpdates reads after an entry's newest
-// event, and how many it reads between the entry's create and its newest event.
+// maxLater bounds how many updates laterUpdates returns after an entry's newest event; it
+// reads at most the entry's own events and twice that many others.
 const maxLater = 64
 
 // laterUpdates returns the update events stored on subject (one key's subject) after the
